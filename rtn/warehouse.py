@@ -1,0 +1,102 @@
+"""The one module that opens the warehouse: writes, transactions, read-only reads.
+
+    from rtn.warehouse import read
+    df = read("select * from regime_summary where token_class = 'rare'")   # polars
+
+Writers hold the connection only while writing, so an interrupted ingest resumes and
+readers (the app, `rtn query`) get in between writes.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+import sql
+from rtn.errors import RtnError
+
+DEFAULT_WAREHOUSE = Path(os.environ.get("RTN_WAREHOUSE", "warehouse.duckdb"))
+
+
+def check_writable(path: Path) -> None:
+    """Raises RtnError unless the warehouse file can be created or written at `path`."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.exists():
+        if path.is_dir() or not os.access(path, os.W_OK):
+            raise RtnError(f"warehouse {path} is not a writable file; pass --warehouse PATH")
+    elif not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise RtnError(f"cannot create warehouse {path}: folder {parent} is missing or not writable")
+
+
+def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as err:  # another process holds the write lock
+            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                raise RtnError(f"warehouse {path} is busy or unreadable: {str(err).splitlines()[0]}") from err
+            time.sleep(0.05)
+
+
+@contextmanager
+def writing(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 60.0):
+    """Yields a write connection inside one transaction; commits on success, rolls back on error."""
+    check_writable(Path(path))
+    con = _connect(Path(path), read_only=False, wait_s=wait_s)
+    try:
+        sql.create_tables(con)
+        sql.apply_views(con)
+        con.execute("begin transaction")
+        try:
+            yield con
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    finally:
+        con.close()
+
+
+@contextmanager
+def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 10.0):
+    """Yields a read-only connection, retrying briefly while a writer holds the file."""
+    path = Path(path)
+    if not path.exists():
+        raise RtnError(f"no warehouse at {path}: run `rtn demo` or `rtn ingest` first")
+    con = _connect(path, read_only=True, wait_s=wait_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def replace_rows(con, table: str, rows: pl.DataFrame, **key) -> None:
+    """Deletes the rows of `table` matching `key` (column=value), then inserts `rows`.
+
+    Columns are matched by name, so `rows` may list them in any order; idempotent by design.
+    """
+    if key:
+        where = " and ".join(f"{col} = ?" for col in key)
+        con.execute(f"delete from {table} where {where}", list(key.values()))
+    if rows.height:
+        cols = ", ".join(rows.columns)
+        con.register("_rows", rows.to_arrow())
+        try:
+            con.execute(f"insert into {table} ({cols}) select {cols} from _rows")
+        finally:
+            con.unregister("_rows")
+
+
+def read(query: str, warehouse: Path | str = DEFAULT_WAREHOUSE, params: list | None = None) -> pl.DataFrame:
+    """Returns a view, table or SQL query on the warehouse as a polars DataFrame (read-only)."""
+    text = query.strip()
+    if " " not in text:  # a bare view or table name
+        text = f"select * from {text}"
+    with reading(Path(warehouse)) as con:
+        return con.execute(text, params or []).pl()

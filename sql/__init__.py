@@ -1,0 +1,69 @@
+"""The warehouse's SQL: table definitions (`sql/tables/*.sql`) and views (`sql/*.sql`).
+
+One view per file, file name = view name. `apply_views` creates them in dependency order,
+found from which other view names each file mentions.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SQL_DIR = Path(__file__).resolve().parent
+TABLE_DIR = SQL_DIR / "tables"
+
+
+def table_files() -> dict[str, Path]:
+    """Returns {table name: its create-table file}."""
+    return {path.stem: path for path in sorted(TABLE_DIR.glob("*.sql"))}
+
+
+def view_files() -> dict[str, Path]:
+    """Returns {view name: its file}."""
+    return {path.stem: path for path in sorted(SQL_DIR.glob("*.sql"))}
+
+
+def _without_comments(text: str) -> str:
+    return re.sub(r"--[^\n]*", "", text)
+
+
+def view_order() -> list[str]:
+    """Returns view names so that every view comes after the views it reads."""
+    files = view_files()
+    texts = {name: _without_comments(path.read_text()) for name, path in files.items()}
+    deps = {
+        name: {other for other in files if other != name and re.search(rf"\b{other}\b", text)}
+        for name, text in texts.items()
+    }
+    ordered: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        if name in visiting:
+            raise ValueError(f"views depend on each other in a cycle through {name}")
+        visiting.add(name)
+        for dep in sorted(deps[name]):
+            visit(dep)
+        visiting.discard(name)
+        ordered.append(name)
+
+    for name in sorted(files):
+        visit(name)
+    return ordered
+
+
+def create_tables(con) -> None:
+    """Creates every table that does not exist yet."""
+    for path in table_files().values():
+        con.execute(path.read_text())
+
+
+def apply_views(con, names: list[str] | None = None) -> None:
+    """Creates or replaces every view (or just `names`), in dependency order."""
+    files = view_files()
+    for name in view_order():
+        if names is not None and name not in names:
+            continue
+        body = files[name].read_text().strip().rstrip(";")
+        con.execute(f"create or replace view {name} as\n{body}")

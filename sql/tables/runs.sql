@@ -1,0 +1,21 @@
+-- grain (run_id): one row per ingest run (a model family + corpus + settings)
+create table if not exists runs (
+    run_id varchar primary key,
+    model varchar,            -- hub id or local path as given
+    family varchar,           -- adapter name: gpt_neox, gpt2
+    architecture varchar,     -- config.architectures[0]
+    n_layers integer,
+    d_model integer,
+    d_mlp integer,
+    vocab_size integer,       -- model's (padded) vocabulary size
+    corpus_id varchar,
+    n_eval_tokens integer,    -- positions evaluated per checkpoint (sequences x seq_len)
+    seq_len integer,
+    layer integer,            -- studied MLP layer, 0-based block index
+    seed integer,
+    rare_threshold double,    -- a type is rare below this percentile of types
+    class_by varchar,         -- 'target' (default) or 'input': which token's class a prediction gets
+    config json,              -- full IngestConfig
+    code_version varchar,
+    created_at timestamp
+);

@@ -1,0 +1,18 @@
+-- grain (run_id, step, layer, matrix); layer = -1 for matrices outside the blocks
+create table if not exists weight_spectra (
+    run_id varchar,
+    step bigint,
+    layer integer,
+    matrix varchar,           -- the parameter's state-dict name
+    alpha double,             -- power-law MLE exponent of the eigenvalue tail
+    xmin double,              -- tail start chosen by minimum KS distance
+    ks_distance double,
+    sigma double,             -- (alpha - 1) / sqrt(n_tail)
+    n_evals integer,
+    alpha_weighted double,    -- alpha * log10(lambda_max)
+    stable_rank double,       -- sum(lambda) / lambda_max
+    log_norm double,          -- log10 of the squared Frobenius norm
+    log_spectral_norm double, -- log10 lambda_max
+    eigenvalues double[],     -- eigenvalues of W^T W, ascending
+    primary key (run_id, step, layer, matrix)
+);
