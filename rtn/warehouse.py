@@ -87,10 +87,13 @@ def replace_rows(con, table: str, rows: pl.DataFrame, **key) -> None:
     if rows.height:
         cols = ", ".join(rows.columns)
         con.register("_rows", rows.to_arrow())
-        try:
-            con.execute(f"insert into {table} ({cols}) select {cols} from _rows")
-        finally:
-            con.unregister("_rows")
+        con.execute(f"insert into {table} ({cols}) select {cols} from _rows")
+        con.unregister("_rows")   # on error the connection is rolled back and closed instead
+
+
+def frame(con, query: str, params: list | None = None) -> pl.DataFrame:
+    """Returns the result of `query` on an open connection as a polars DataFrame."""
+    return con.sql(query, params=params or None).pl()
 
 
 def read(query: str, warehouse: Path | str = DEFAULT_WAREHOUSE, params: list | None = None) -> pl.DataFrame:
@@ -99,4 +102,4 @@ def read(query: str, warehouse: Path | str = DEFAULT_WAREHOUSE, params: list | N
     if " " not in text:  # a bare view or table name
         text = f"select * from {text}"
     with reading(Path(warehouse)) as con:
-        return con.execute(text, params or []).pl()
+        return frame(con, text, params)

@@ -47,3 +47,77 @@ def tiny_model(family: str, dtype=torch.float32, seed: int = 0, vocab: int = VOC
 @pytest.fixture(params=["gpt_neox", "gpt2", "llama"])
 def family(request):
     return request.param
+
+
+WORDS = [f"w{i}" for i in range(VOCAB - 2)]
+
+
+def make_corpus_docs(n_docs: int = 60, seed: int = 0) -> list[str]:
+    """Returns Zipf-ish documents over WORDS: a few types common, most rare."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, len(WORDS) + 1) ** 1.1
+    weights /= weights.sum()
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 60)), p=weights)) for _ in range(n_docs)]
+
+
+def make_tokenizer(vocab: int = VOCAB):
+    """Returns a word-level fast tokenizer whose ids fit a model of `vocab` entries."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    table = {"<|endoftext|>": 0, "<|pad|>": 1, **{w: i + 2 for i, w in enumerate(WORDS[: vocab - 2])}}
+    tok = Tokenizer(models.WordLevel(table, unk_token="<|pad|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   pad_token="<|pad|>", unk_token="<|pad|>")
+
+
+def save_model_folder(folder, family: str = "gpt_neox", seed: int = 0, tokenizer_vocab: int = VOCAB):
+    """Writes a save_pretrained model with its tokenizer to `folder`; returns the folder."""
+    model = tiny_model(family, seed=seed)
+    model.save_pretrained(folder)
+    make_tokenizer(tokenizer_vocab).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def corpus_txt(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(make_corpus_docs()) + "\n")
+    return path
+
+
+def save_checkpoint_family(root, family: str = "gpt_neox", steps=(0, 1, 2, 4)):
+    """Writes a folder of checkpoint folders step0, step1, ... (different weights); returns root."""
+    import json
+    root.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        folder = save_model_folder(root / f"step{step}", family, seed=step)
+        (folder / "rtn_checkpoint.json").write_text(json.dumps({"step": step, "tokens_seen": step * 1024}))
+    return root
+
+
+def run_cli(*args, check=True):
+    """Runs `rtn ARGS` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "rtn.cli", *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rtn {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def table_contents(path, ignore=("ingested_at", "created_at", "stage_seconds")):
+    """Returns {table: sorted rows as tuples} of every base table, without wall-clock columns."""
+    import duckdb
+    con = duckdb.connect(str(path), read_only=True)
+    out = {}
+    tables = [r[0] for r in con.execute(
+        "select table_name from information_schema.tables where table_type = 'BASE TABLE' order by 1").fetchall()]
+    for table in tables:
+        cols = [r[0] for r in con.execute(
+            "select column_name from information_schema.columns where table_name = ? order by ordinal_position",
+            [table]).fetchall() if r[0] not in ignore]
+        out[table] = sorted(con.execute(f"select {', '.join(cols)} from {table}").fetchall(), key=repr)
+    con.close()
+    return out

@@ -13,6 +13,7 @@ create table if not exists weight_spectra (
     stable_rank double,       -- sum(lambda) / lambda_max
     log_norm double,          -- log10 of the squared Frobenius norm
     log_spectral_norm double, -- log10 lambda_max
+    heavy_tail boolean,       -- WeightWatcher's reading: alpha <= 6 is heavy-tailed; no fit or alpha > 6 is not
     eigenvalues double[],     -- eigenvalues of W^T W, ascending
     primary key (run_id, step, layer, matrix)
 );

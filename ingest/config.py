@@ -1,0 +1,44 @@
+"""The ingest configuration; stored whole as JSON in `runs.config`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class IngestConfig:
+    model: str                          # hub id (EleutherAI/pythia-410m) or local save_pretrained folder
+    checkpoints: str = "final"          # final, all, comma list of revisions, or a folder of checkpoint folders
+    corpus: str = "synthetic"           # hub data set name[:config[:split]], local .txt/.jsonl/.parquet file or folder, or synthetic
+    run: str | None = None              # run_id; default: the model's folder or repo name
+    tokenizer: str | None = None        # tokenizer folder or hub id; default: the model's own
+    tokens: int = 4096                  # evaluated positions per checkpoint (rounded down to whole sequences)
+    seq_len: int = 128                  # length of each evaluated sequence
+    layer: int = -1                     # studied MLP layer, 0-based block index; negative counts from the end
+    device: str = "auto"                # auto (cuda when available), cpu or cuda
+    precision: str = "float64"          # arithmetic of the ablation formula: float64 or float32
+    rare_threshold: float = 0.5         # a type is rare below this percentile of types by count
+    class_by: str = "target"            # class of a prediction: the predicted token (target) or the input token
+    n_samples: int = 512                # positions kept per neuron in activation_samples (half rare when possible)
+    max_documents: int = 50_000         # documents read from the corpus for token frequencies
+    seed: int = 0                       # seeds the activation sample
+    batch_size: int = 16                # sequences per forward pass
+    head_layers: int = 2                # last K attention layers whose heads are ablated (0 = none)
+    spectra: bool = True                # fit the spectrum of every 2-D weight matrix
+
+    # Settings that change how a run is computed, not what it contains: a resumed run may differ in these.
+    RUNTIME_ONLY = ("device", "batch_size")
+
+    def run_id(self) -> str:
+        """Returns the run name: --run, else the model's last path component."""
+        return self.run or Path(self.model.rstrip("/")).name
+
+    def to_json(self) -> str:
+        """Returns the configuration as JSON, as stored in runs.config."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def content(self) -> dict:
+        """Returns the settings that must match for a re-run to resume the same run."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUNTIME_ONLY}

@@ -1,0 +1,124 @@
+"""One checkpoint in, the warehouse's per-step tables out (pure: no I/O)."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import polars as pl
+import torch
+
+from ingest import adapters
+from ingest.ablation import neuron_deltas, readout_of, token_losses
+from ingest.capture import capture
+from ingest.config import IngestConfig
+from ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
+from ingest.spectra import spectra_table
+
+CLASS_FILTERS = {"rare": RARE, "common": COMMON, "all": None}
+
+
+class StageTimer:
+    """Collects the wall time of each named stage of a checkpoint's ingest."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
+
+
+def _class_masks(classes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Returns {token_class: boolean mask [M]} over the included predictions."""
+    return {name: (classes != EXCLUDED) if code is None else (classes == code) for name, code in CLASS_FILTERS.items()}
+
+
+def _mean_and_stderr(values: torch.Tensor, mask: torch.Tensor):
+    """Returns (mean, standard error, n) over the rows of `values` [M, k] selected by `mask`."""
+    picked = values[mask]
+    n = picked.shape[0]
+    mean = picked.mean(0)
+    stderr = picked.std(0, correction=1) / np.sqrt(n) if n > 1 else torch.full_like(mean, float("nan"))
+    return mean, stderr, n
+
+
+def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: StageTimer) -> dict[str, pl.DataFrame]:
+    """Returns {table: rows without run_id/step} for one loaded checkpoint."""
+    adapter = adapters.adapter_for(model)
+    layer = adapters.resolve_layer(model, adapter, config.layer)
+    device = next(model.parameters()).device
+    dtype = torch.float64 if config.precision == "float64" else torch.float32
+    with timer("forward"):
+        cap = capture(model, adapter, layer, data.input_ids, config.batch_size, keep_device=True)
+    n_mlp = cap.acts.shape[-1]
+    acts_all = cap.acts.reshape(-1, n_mlp).to(dtype)            # [S*L, n]
+    classes = data.classes.reshape(-1).to(device)               # [S*L]
+    mean_acts = acts_all.mean(0)                                # [n] the ablation means, over every position
+
+    with timer("neuron_stats"):
+        stats = {"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32),
+                 "mean_act": mean_acts.cpu().numpy(),
+                 "std_act": acts_all.std(0, correction=1).cpu().numpy(),
+                 "frac_active": (acts_all > 0).to(dtype).mean(0).cpu().numpy()}
+        for name, code in (("rare", RARE), ("common", COMMON)):
+            picked = acts_all[classes == code]
+            stats[f"mean_act_{name}"] = picked.mean(0).cpu().numpy() if len(picked) else np.full(n_mlp, np.nan)
+        neuron_stats = pl.DataFrame(stats)
+
+    with timer("activation_samples"):
+        samples = acts_all[data.sample_flat.to(device)].T.float().cpu().numpy()   # [n, n_samples]
+        activation_samples = pl.DataFrame({"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32),
+                                           "acts": list(samples)},
+                                          schema_overrides={"acts": pl.List(pl.Float32)})
+
+    with timer("ablation"):
+        keep = (data.classes != EXCLUDED).reshape(-1).to(device)                   # [S*L]
+        targets = torch.roll(data.input_ids, -1, dims=1).reshape(-1).to(device)   # token at pos + 1
+        resid = cap.resid.reshape(-1, cap.resid.shape[-1]).to(dtype)[keep]         # [M, d]
+        readout = readout_of(adapters.final_norm(model, adapter), model.get_output_embeddings()).to(dtype)
+        w_in, w_out = adapters.mlp_weights(model, adapter, layer)
+        deltas = ablate_all(resid, acts_all[keep], mean_acts, w_out.to(dtype), targets[keep], readout)  # [M, n]
+        masks = _class_masks(classes[keep])
+        rows = []
+        for name, mask in masks.items():
+            mean, stderr, n = _mean_and_stderr(deltas, mask)
+            rows.append(pl.DataFrame({"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32), "token_class": name,
+                                      "delta_loss": mean.cpu().numpy(), "std_err": stderr.cpu().numpy(), "n": n}))
+        ablation = pl.concat(rows)
+        clean = token_losses(resid, targets[keep], readout)
+        eval_losses = pl.DataFrame([{"token_class": name, "mean_loss": float(clean[mask].mean()),
+                                     "n": int(mask.sum())} for name, mask in masks.items()])
+
+    with timer("weights"):
+        neuron_weights = pl.DataFrame({"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32),
+                                       "w_in": list(w_in.float().cpu().numpy()),
+                                       "w_out": list(w_out.float().cpu().numpy())},
+                                      schema_overrides={"w_in": pl.List(pl.Float32), "w_out": pl.List(pl.Float32)})
+    tables = {"neuron_stats": neuron_stats, "activation_samples": activation_samples, "ablation_deltas": ablation,
+              "eval_losses": eval_losses, "neuron_weights": neuron_weights}
+    if config.spectra:
+        with timer("spectra"):
+            tables["weight_spectra"] = weight_spectra(model, adapter)
+    return tables
+
+
+def weight_spectra(model, adapter) -> pl.DataFrame:
+    """Returns weight_spectra rows of every 2-D weight matrix of the model (tied matrices once)."""
+    seen, matrices = set(), []
+    for name, param in model.named_parameters():   # named_parameters lists a tied weight once
+        if param.ndim == 2 and id(param) not in seen:
+            seen.add(id(param))
+            matrices.append((name, adapters.matrix_layer(name, model, adapter), param.detach().double().cpu().numpy()))
+    return spectra_table(matrices)
+
+
+def ablate_all(resid, acts, mean_acts, w_out, targets, readout) -> torch.Tensor:
+    """Returns per-position ΔLoss [M, n] of every neuron: the fused kernel on CUDA, chunked torch elsewhere."""
+    return neuron_deltas(resid, acts, mean_acts, w_out, targets, readout)

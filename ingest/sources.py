@@ -1,0 +1,204 @@
+"""Where models, checkpoints, tokenizers and corpora come from: local folders or the hub.
+
+Every failure is turned into a one-line RtnError that says what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtn.errors import RtnError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+CORPUS_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+OFFLINE_HINT = "the Hugging Face hub is unreachable from here; download it and pass a local folder"
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    step: int                 # training step (-1 when a final checkpoint does not say)
+    revision: str | None      # hub revision or checkpoint folder name
+    source: str               # local folder or hub id to load from
+    tokens_seen: int | None   # training tokens seen, when the checkpoint records it
+
+
+def is_local(spec: str) -> bool:
+    """Returns True when `spec` names a path rather than a hub id like `EleutherAI/pythia-70m`."""
+    return Path(spec).exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / name).exists() for name in WEIGHT_FILES) or any(folder.glob("model-*.safetensors"))
+
+
+def _step_of(name: str | None, folder: Path | None = None) -> int:
+    if folder is not None and (folder / "rtn_checkpoint.json").exists():
+        return int(json.loads((folder / "rtn_checkpoint.json").read_text())["step"])
+    match = re.search(r"(\d+)$", name or "")
+    return int(match.group(1)) if match else -1
+
+
+def _tokens_seen(folder: Path) -> int | None:
+    meta = folder / "rtn_checkpoint.json"
+    return json.loads(meta.read_text()).get("tokens_seen") if meta.exists() else None
+
+
+def _local_ref(folder: Path) -> CheckpointRef:
+    if not (folder / "config.json").exists():
+        raise RtnError(f"{folder} has no config.json: pass a save_pretrained model folder")
+    if not _has_weights(folder):
+        raise RtnError(f"{folder} has no model weights ({' or '.join(WEIGHT_FILES[:2])})")
+    return CheckpointRef(_step_of(folder.name, folder), folder.name, str(folder), _tokens_seen(folder))
+
+
+def _checkpoint_folders(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and (p / "config.json").exists()),
+                  key=lambda p: (_step_of(p.name, p), p.name))
+
+
+def _pick(refs: list[CheckpointRef], spec: str, where: str) -> list[CheckpointRef]:
+    if spec == "all":
+        return refs
+    if spec == "final":
+        return refs[-1:]
+    by_name = {ref.revision: ref for ref in refs}
+    wanted = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise RtnError(f"unknown revision {unknown[0]!r} in {where}; it has {', '.join(by_name)}")
+    return [by_name[name] for name in wanted]
+
+
+def resolve_checkpoints(model: str, spec: str = "final") -> list[CheckpointRef]:
+    """Returns the checkpoints to ingest, validated, in step order.
+
+    `spec` is `final`, `all`, a comma list of revisions, or a folder of checkpoint folders.
+    """
+    if spec not in ("final", "all") and Path(spec).is_dir():
+        folders = _checkpoint_folders(Path(spec))
+        if not folders:
+            raise RtnError(f"checkpoint folder {spec} holds no model folders (with config.json)")
+        return sorted((_local_ref(f) for f in folders), key=lambda r: r.step)
+    if is_local(model):
+        folder = Path(model).expanduser()
+        if not folder.exists():
+            raise RtnError(f"model path {model} does not exist")
+        if (folder / "config.json").exists():
+            if spec not in ("final", "all"):
+                raise RtnError(f"unknown revision {spec!r}: {model} is a single checkpoint (use --checkpoints final)")
+            return [_local_ref(folder)]
+        folders = _checkpoint_folders(folder)
+        if not folders:
+            raise RtnError(f"{model} is neither a model folder (config.json) nor a folder of checkpoint folders")
+        return sorted(_pick([_local_ref(f) for f in folders], spec, model), key=lambda r: r.step)
+    return _hub_checkpoints(model, spec)
+
+
+def _hub_checkpoints(model: str, spec: str) -> list[CheckpointRef]:
+    if spec == "final":
+        return [CheckpointRef(-1, None, model, None)]
+    if spec == "all":
+        try:
+            from huggingface_hub import list_repo_refs
+            branches = [b.name for b in list_repo_refs(model).branches if re.fullmatch(r"step\d+", b.name)]
+        except Exception as err:  # offline, unknown repo, no permission
+            raise RtnError(f"cannot list revisions of {model}: {OFFLINE_HINT}") from err
+        revisions = branches or ["main"]
+    else:
+        revisions = [name.strip() for name in spec.split(",") if name.strip()]
+    return sorted((CheckpointRef(_step_of(r), r, model, None) for r in revisions), key=lambda r: r.step)
+
+
+def load_config(ref: CheckpointRef):
+    """Returns the model config of a checkpoint (raises RtnError when it cannot be had)."""
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(ref.source, revision=None if is_local(ref.source) else ref.revision)
+    except ValueError as err:  # an unrecognised model_type
+        raise RtnError(f"unknown architecture in {ref.source}: {str(err).splitlines()[0]}") from err
+    except OSError as err:
+        raise _load_error(ref, err) from err
+
+
+def _load_error(ref: CheckpointRef, err: Exception) -> RtnError:
+    if is_local(ref.source):
+        return RtnError(f"cannot load {ref.source}: {str(err).splitlines()[0]}")
+    text = str(err).lower()
+    if "revision" in text or "not a valid git identifier" in text:
+        return RtnError(f"unknown revision {ref.revision!r} of {ref.source}")
+    return RtnError(f"cannot load {ref.source}@{ref.revision or 'main'}: {OFFLINE_HINT}")
+
+
+def load_model(ref: CheckpointRef, dtype, device):
+    """Returns the causal LM of a checkpoint in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.source, revision=None if is_local(ref.source) else ref.revision, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise _load_error(ref, err) from err
+    return model.to(device).eval()
+
+
+def load_tokenizer(spec: str, revision: str | None = None):
+    """Returns the tokenizer saved in a folder (or the hub id's tokenizer)."""
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(spec, revision=None if is_local(spec) else revision)
+    except (OSError, ValueError, TypeError) as err:
+        where = spec if is_local(spec) else f"{spec} ({OFFLINE_HINT})"
+        raise RtnError(f"no tokenizer could be loaded from {where}; pass --tokenizer PATH") from err
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """Returns a short hash of the tokenizer's vocabulary, so corpora are keyed by tokenizer too."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:12]
+
+
+def corpus_files(spec: str) -> tuple[str, list[str]]:
+    """Returns (datasets builder, files) of a local corpus file or folder."""
+    path = Path(spec).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.suffix in CORPUS_SUFFIXES) if path.is_dir() else [path]
+    if not files or not path.exists():
+        raise RtnError(f"corpus {spec} does not exist or holds no .txt, .jsonl or .parquet file")
+    builders = {CORPUS_SUFFIXES.get(p.suffix) for p in files}
+    if None in builders or len(builders) > 1:
+        raise RtnError(f"corpus {spec}: use one kind of file among {', '.join(CORPUS_SUFFIXES)}")
+    return builders.pop(), [str(p) for p in files]
+
+
+def load_documents(spec: str, max_documents: int):
+    """Returns (documents, content sha256) of a local corpus or a hub data set `name[:config[:split]]`."""
+    import datasets
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        if is_local(spec) or Path(spec).suffix in CORPUS_SUFFIXES:
+            builder, files = corpus_files(spec)
+            rows = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+        else:
+            name, config, split = (spec.split(":") + [None, None])[:3]
+            rows = datasets.load_dataset(name, config, split=split or "train", streaming=True)
+        documents = []
+        for row in rows:
+            text = row.get("text")
+            if text is None:
+                raise RtnError(f"corpus {spec} has no 'text' field (it has {', '.join(row)})")
+            if text.strip():
+                documents.append(text)
+            if len(documents) >= max_documents:
+                break
+    except RtnError:
+        raise
+    except Exception as err:
+        raise RtnError(f"cannot read corpus {spec}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                       + ("" if is_local(spec) else f" ({OFFLINE_HINT})")) from err
+    if not documents:
+        raise RtnError(f"corpus {spec} is empty: it has no non-blank text")
+    digest = hashlib.sha256("\x1e".join(documents).encode()).hexdigest()
+    return documents, digest

@@ -1,0 +1,137 @@
+"""The `rtn` command line: demo, ingest, analyze, query, app, bench.
+
+Every command exits non-zero with a one-line error (`rtn: error: ...`) on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rtn import warehouse
+from rtn.errors import RtnError
+
+
+def _add_warehouse(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--warehouse", type=Path, default=warehouse.DEFAULT_WAREHOUSE,
+                        help="DuckDB file (default: warehouse.duckdb, or $RTN_WAREHOUSE)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ingest.config import IngestConfig
+    defaults = IngestConfig(model="")
+    parser = argparse.ArgumentParser(prog="rtn", description="A DuckDB warehouse for rare-token neurons.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build the warehouse from the embedded synthetic model, offline")
+    _add_warehouse(demo)
+
+    ing = sub.add_parser("ingest", help="run a model's checkpoints over a corpus into the warehouse")
+    ing.add_argument("--model", required=True, help="hub id or local save_pretrained folder")
+    ing.add_argument("--checkpoints", default=defaults.checkpoints,
+                     help="final, all, a comma list of revisions (step0,step1000), or a folder of checkpoint folders")
+    ing.add_argument("--corpus", default=defaults.corpus,
+                     help="hub data set name[:config[:split]], local .txt/.jsonl/.parquet file or folder, or synthetic")
+    ing.add_argument("--run", default=None, help="run name (default: the model's name)")
+    ing.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's)")
+    ing.add_argument("--tokens", type=int, default=defaults.tokens, help="evaluated positions per checkpoint")
+    ing.add_argument("--seq-len", type=int, default=defaults.seq_len)
+    ing.add_argument("--layer", type=int, default=defaults.layer, help="studied MLP layer (-1 = last)")
+    ing.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
+    ing.add_argument("--precision", default=defaults.precision, help="float64 or float32 ablation arithmetic")
+    ing.add_argument("--rare-threshold", type=float, default=defaults.rare_threshold)
+    ing.add_argument("--class-by", default=defaults.class_by, help="target (default) or input token's class")
+    ing.add_argument("--samples", type=int, default=defaults.n_samples, help="positions kept in activation_samples")
+    ing.add_argument("--max-documents", type=int, default=defaults.max_documents)
+    ing.add_argument("--head-layers", type=int, default=defaults.head_layers,
+                     help="last K attention layers whose heads are ablated (0 = none)")
+    ing.add_argument("--no-spectra", action="store_true", help="skip the weight spectra")
+    _add_warehouse(ing)
+
+    ana = sub.add_parser("analyze", help="recompute the analysis tables")
+    ana.add_argument("--run", default=None, help="one run (default: every run)")
+    _add_warehouse(ana)
+
+    query = sub.add_parser("query", help="read-only SQL against the warehouse")
+    query.add_argument("sql")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_warehouse(query)
+
+    app = sub.add_parser("app", help="start the Streamlit explorer")
+    app.add_argument("--port", type=int, default=8501)
+    _add_warehouse(app)
+
+    bench = sub.add_parser("bench", help="time exact all-neuron ablation against the slow paths")
+    bench.add_argument("--shape", default="70m", help="70m, 410m, 1.4b (Pythia-like) or a local model folder")
+    bench.add_argument("--tokens", type=int, default=1024)
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--sample-neurons", type=int, default=8, help="neurons timed on the slow paths")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _ingest_config(args):
+    from ingest.config import IngestConfig
+    return IngestConfig(model=args.model, checkpoints=args.checkpoints, corpus=args.corpus, run=args.run,
+                        tokenizer=args.tokenizer, tokens=args.tokens, seq_len=args.seq_len, layer=args.layer,
+                        device=args.device, precision=args.precision, rare_threshold=args.rare_threshold,
+                        class_by=args.class_by, n_samples=args.samples, max_documents=args.max_documents,
+                        head_layers=args.head_layers, spectra=not args.no_spectra)
+
+
+def cmd_query(args) -> None:
+    import duckdb
+    with warehouse.reading(args.warehouse) as con:
+        try:
+            result = warehouse.frame(con, args.sql)
+        except duckdb.Error as err:
+            raise RtnError(f"query failed: {str(err).splitlines()[0]}") from err
+    if args.format == "csv":
+        sys.stdout.write(result.write_csv())
+    elif args.format == "json":
+        sys.stdout.write(result.write_json() + "\n")
+    else:
+        import polars as pl
+        with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60, tbl_width_chars=160):
+            print(result)
+
+
+def cmd_app(args) -> None:
+    import subprocess
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    env = dict(os.environ, RTN_WAREHOUSE=str(Path(args.warehouse).resolve()))
+    raise SystemExit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+                                      "--server.port", str(args.port), "--browser.gatherUsageStats", "false"], env=env))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from rtn.demo import run_demo
+            run_demo(args.warehouse)
+        elif args.command == "ingest":
+            from ingest.pipeline import ingest
+            ingest(_ingest_config(args), args.warehouse)
+        elif args.command == "analyze":
+            from analyses import run_analyses
+            run_analyses(args.warehouse, args.run)
+        elif args.command == "query":
+            cmd_query(args)
+        elif args.command == "app":
+            cmd_app(args)
+        elif args.command == "bench":
+            from ingest.bench import run_bench
+            run_bench(args)
+    except RtnError as err:
+        print(f"rtn: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rtn: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""`rtn demo`: the embedded default end to end, offline — corpus, tiny model, ingest, views, analyses."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rtn import warehouse
+
+DEMO_RUN = "demo"
+SUMMARY_TABLES = ("checkpoints", "token_frequencies", "eval_tokens", "neuron_stats", "activation_samples",
+                  "ablation_deltas", "neuron_weights", "weight_spectra", "head_ablations")
+
+
+def demo_config(assets):
+    """Returns the IngestConfig the demo uses for the synthetic model's checkpoints."""
+    from ingest.config import IngestConfig
+    return IngestConfig(model=str(assets.checkpoint_dir), checkpoints="all", corpus=str(assets.corpus_path),
+                        run=DEMO_RUN, tokens=4096, seq_len=assets.config.seq_len, n_samples=512)
+
+
+def run_demo(path: Path, log=print) -> None:
+    """Builds (or completes) the demo warehouse at `path` and prints what to do next."""
+    from analyses import run_analyses
+    from ingest.pipeline import ingest
+    from ingest.synthetic import ensure_demo
+
+    started = time.perf_counter()
+    warehouse.check_writable(Path(path))
+    assets = ensure_demo()
+    ingest(demo_config(assets), path, log=log)
+    run_analyses(path, DEMO_RUN, log=log)
+    log(summary(path))
+    log(f"demo ready in {time.perf_counter() - started:.0f} s. Next:\n"
+        f"  rtn query \"select step, token_class, plateau_size, plateau_fraction, power_law_slope, has_plateau "
+        f"from regime_summary where run_id = 'demo' and sign = 'boost' order by step, token_class\"\n"
+        f"  rtn app                      # explore in the browser\n"
+        f"  python -c \"from rtn.warehouse import read; print(read('neuron_influence'))\"")
+
+
+def summary(path: Path) -> str:
+    """Returns a few lines: rows per table and the rare-token plateau at the last step."""
+    lines = [f"warehouse {path}:"]
+    with warehouse.reading(Path(path)) as con:
+        counts = [f"{t} {con.execute(f'select count(*) from {t} where {_run_filter(t)}').fetchone()[0]:,}"
+                  for t in SUMMARY_TABLES]
+        lines.append("  rows: " + ", ".join(counts))
+        last = con.execute("select plateau_size, plateau_fraction, has_plateau, step from regime_summary "
+                           "where run_id = ? and token_class = 'rare' and sign = 'boost' order by step desc limit 1",
+                           [DEMO_RUN]).fetchone()
+    if last:
+        lines.append(f"  rare-token boost curve at step {last[3]}: plateau of {last[0]} neurons "
+                     f"({100 * (last[1] or 0):.1f} % of the layer), has_plateau={last[2]}")
+    return "\n".join(lines)
+
+
+def _run_filter(table: str) -> str:
+    return "true" if table == "token_frequencies" else f"run_id = '{DEMO_RUN}'"

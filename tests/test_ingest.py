@@ -1,0 +1,146 @@
+"""`rtn ingest` on local model folders and corpora; the tables it writes."""
+from __future__ import annotations
+
+import json
+
+import duckdb
+import polars as pl
+import pytest
+import torch
+
+import sql
+from conftest import make_corpus_docs, save_checkpoint_family, save_model_folder, table_contents
+from ingest import adapters
+from ingest.config import IngestConfig
+from ingest.pipeline import ingest
+from ingest.capture import hooked
+
+GRAINS = {
+    "runs": ["run_id"], "checkpoints": ["run_id", "step"], "corpora": ["corpus_id"],
+    "token_frequencies": ["corpus_id", "token_id"], "eval_tokens": ["run_id", "seq", "pos"],
+    "eval_losses": ["run_id", "step", "token_class"],
+    "neuron_stats": ["run_id", "step", "layer", "neuron"], "activation_samples": ["run_id", "step", "layer", "neuron"],
+    "activation_sample_positions": ["run_id", "sample_idx"],
+    "ablation_deltas": ["run_id", "step", "layer", "neuron", "token_class"],
+    "neuron_weights": ["run_id", "step", "layer", "neuron"],
+    "weight_spectra": ["run_id", "step", "layer", "matrix"],
+    "head_ablations": ["run_id", "step", "layer", "head", "method", "token_class"],
+}
+
+
+def _config(model, corpus, **kw):
+    return IngestConfig(model=str(model), corpus=str(corpus), tokens=512, seq_len=32, n_samples=64,
+                        **{"checkpoints": "final", **kw})
+
+
+def _write_corpus(path, kind: str):
+    docs = make_corpus_docs(80)
+    if kind == "txt":
+        path.write_text("\n".join(docs) + "\n")
+    elif kind == "jsonl":
+        path.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(docs)) + "\n")
+    else:
+        pl.DataFrame({"text": docs}).write_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gpt2"])
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "parquet"])
+def test_ingest_local_folder_and_corpus_kinds(tmp_path, family, kind):
+    model = save_model_folder(tmp_path / "model", family)
+    corpus = _write_corpus(tmp_path / f"corpus.{kind}", kind)
+    wh = tmp_path / "w.duckdb"
+    ingest(_config(model, corpus), wh, log=lambda *_: None)
+    con = duckdb.connect(str(wh), read_only=True)
+    n_mlp = 72
+    assert con.execute("select count(*) from ablation_deltas").fetchone()[0] == 3 * n_mlp
+    assert con.execute("select family from runs").fetchone()[0] == family
+    assert con.execute("select documents from corpora").fetchone()[0] == 80
+
+
+def test_ingest_folder_of_checkpoint_folders_every_step(tmp_path, corpus_txt):
+    root = save_checkpoint_family(tmp_path / "ckpts")
+    wh = tmp_path / "w.duckdb"
+    ingest(_config("tiny-run", corpus_txt, checkpoints=str(root), run="tiny"), wh, log=lambda *_: None)
+    con = duckdb.connect(str(wh), read_only=True)
+    steps = con.execute("select step, tokens_seen, status from checkpoints order by step").fetchall()
+    assert steps == [(0, 0, "done"), (1, 1024, "done"), (2, 2048, "done"), (4, 4096, "done")]
+    per_step = con.execute("select step, count(*) from ablation_deltas group by step order by step").fetchall()
+    assert per_step == [(s, 3 * 72) for s in (0, 1, 2, 4)]
+
+
+def test_grain_of_every_table_is_unique(tmp_path, corpus_txt):
+    root = save_checkpoint_family(tmp_path / "ckpts", steps=(0, 3))
+    wh = tmp_path / "w.duckdb"
+    ingest(_config(root, corpus_txt, checkpoints="all"), wh, log=lambda *_: None)
+    con = duckdb.connect(str(wh), read_only=True)
+    sql_tables = set(sql.table_files())
+    for table, grain in GRAINS.items():
+        assert table in sql_tables
+        keys = ", ".join(grain)
+        dupes = con.execute(f"select count(*) from (select {keys} from {table} group by all having count(*) > 1)").fetchone()[0]
+        assert dupes == 0, table
+    assert con.execute("select count(*) from neuron_stats").fetchone()[0] == 2 * 72
+
+
+def test_runs_config_holds_the_full_configuration(tmp_path, corpus_txt):
+    model = save_model_folder(tmp_path / "model")
+    config = _config(model, corpus_txt, rare_threshold=0.3, run="cfg")
+    wh = tmp_path / "w.duckdb"
+    ingest(config, wh, log=lambda *_: None)
+    stored = json.loads(duckdb.connect(str(wh), read_only=True).execute("select config from runs").fetchone()[0])
+    assert stored == json.loads(config.to_json())
+    assert IngestConfig(**stored) == config
+
+
+def test_eval_tokens_recompute_stored_delta_loss(tmp_path, corpus_txt):
+    """Anyone can rebuild the eval batch from eval_tokens and re-derive a ΔLoss with a plain hook."""
+    model_dir = save_model_folder(tmp_path / "model")
+    wh = tmp_path / "w.duckdb"
+    ingest(_config(model_dir, corpus_txt), wh, log=lambda *_: None)
+    con = duckdb.connect(str(wh), read_only=True)
+    rows = con.sql("select seq, pos, token_id, target_class from eval_tokens order by seq, pos").pl()
+    n_seq, seq_len = rows["seq"].max() + 1, rows["pos"].max() + 1
+    ids = torch.tensor(rows["token_id"].to_numpy()).long().reshape(n_seq, seq_len)
+    classes = rows["target_class"].to_list()
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
+    adapter = adapters.adapter_for(model)
+    layer = con.execute("select layer from runs").fetchone()[0]
+    mean_act = dict(con.execute("select neuron, mean_act from neuron_stats").fetchall())
+    neuron = 11
+
+    def ablate(_m, inputs):
+        x = inputs[0].clone()
+        x[..., neuron] = mean_act[neuron]
+        return (x,)
+
+    def losses():
+        logits = model(ids, use_cache=False).logits
+        per = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                ids[:, 1:].reshape(-1), reduction="none").reshape(n_seq, seq_len - 1)
+        return torch.cat([per, torch.zeros(n_seq, 1, dtype=per.dtype)], 1).reshape(-1)
+
+    with torch.no_grad():
+        clean = losses()
+        with hooked(adapters.mlp_out_module(model, adapter, layer), ablate):
+            ablated = losses()
+    delta = (ablated - clean).numpy()
+    for token_class in ("rare", "common", "all"):
+        picked = [d for d, c in zip(delta, classes) if c is not None and (token_class == "all" or c == token_class)]
+        stored, n = con.execute("select delta_loss, n from ablation_deltas where neuron = ? and token_class = ?",
+                                [neuron, token_class]).fetchone()
+        assert n == len(picked)
+        # float32 activations, float64 arithmetic in both: agreement to float32 resolution of the activations
+        assert abs(stored - sum(picked) / len(picked)) < 1e-6
+
+
+def test_rerunning_the_same_ingest_changes_nothing(tmp_path, corpus_txt):
+    model = save_model_folder(tmp_path / "model")
+    wh = tmp_path / "w.duckdb"
+    ingest(_config(model, corpus_txt), wh, log=lambda *_: None)
+    before = table_contents(wh)
+    messages = []
+    ingest(_config(model, corpus_txt), wh, log=messages.append)
+    assert table_contents(wh) == before
+    assert "nothing to do" in messages[-1]
