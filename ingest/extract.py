@@ -13,6 +13,8 @@ from ingest.ablation import neuron_deltas, readout_of, token_losses
 from ingest.capture import capture
 from ingest.config import IngestConfig
 from ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
+from ingest.groups import ablation_groups, group_ablation_rows
+from ingest.heads import head_ablations
 from ingest.spectra import spectra_table
 
 CLASS_FILTERS = {"rare": RARE, "common": COMMON, "all": None}
@@ -49,8 +51,9 @@ def _mean_and_stderr(values: torch.Tensor, mask: torch.Tensor):
     return mean, stderr, n
 
 
-def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: StageTimer) -> dict[str, pl.DataFrame]:
-    """Returns {table: rows without run_id/step} for one loaded checkpoint."""
+def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: StageTimer,
+                       step: int = 0) -> dict[str, pl.DataFrame]:
+    """Returns {table: rows without run_id/step} for one loaded checkpoint (`step` seeds its random groups)."""
     adapter = adapters.adapter_for(model)
     layer = adapters.resolve_layer(model, adapter, config.layer)
     device = next(model.parameters()).device
@@ -106,6 +109,16 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     if config.spectra:
         with timer("spectra"):
             tables["weight_spectra"] = weight_spectra(model, adapter)
+
+    # --- attention heads and group synergy (ingest/heads.py, ingest/groups.py) ---
+    with timer("group_ablation"):
+        groups = ablation_groups(ablation, config.run_id(), step)   # the warehouse's neuron_groups SQL
+        tables["group_ablation_deltas"] = group_ablation_rows(groups, resid, acts_all[keep], mean_acts,
+                                                              w_out.to(dtype), targets[keep], readout, masks)
+    with timer("heads"):
+        plateau = groups.filter(pl.col("group_name") == "plateau")["neuron"].to_list()
+        clean_losses = dict(zip(eval_losses["token_class"], eval_losses["mean_loss"]))
+        tables["head_ablations"] = head_ablations(model, adapter, data, config, clean_losses, plateau)
     return tables
 
 

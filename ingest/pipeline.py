@@ -19,12 +19,13 @@ import rtn
 from ingest import adapters, corpus, sources
 from ingest.config import IngestConfig
 from ingest.extract import StageTimer, extract_checkpoint
+from ingest.heads import check_head_layers
 from rtn import warehouse
 from rtn.errors import RtnError
 
 RUN_TABLES = ("eval_tokens", "activation_sample_positions")
 STEP_TABLES = ("neuron_stats", "activation_samples", "ablation_deltas", "eval_losses", "neuron_weights",
-               "weight_spectra", "head_ablations")
+               "weight_spectra", "head_ablations", "group_ablation_deltas")
 
 
 def pick_device(name: str) -> torch.device:
@@ -107,6 +108,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     layer = config.layer % n_layers
     if layer != n_layers - 1:
         raise RtnError(f"--layer {config.layer}: exact ablation is implemented for the last layer only (-1)")
+    check_head_layers(n_layers, config.head_layers)
     tokenizer = sources.load_tokenizer(config.tokenizer or _tokenizer_source(config, refs),
                                        None if config.tokenizer else refs[-1].revision)
     if len(tokenizer) > model_config.vocab_size:
@@ -133,7 +135,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
             model = sources.load_model(ref, torch.float32, device)
         if adapters.adapter_for(model) != adapter:
             raise RtnError(f"{ref.source} is a {model.config.model_type} model, unlike the run's first checkpoint")
-        tables = extract_checkpoint(model, data, config, timer)
+        tables = extract_checkpoint(model, data, config, timer, step=ref.step)
         with timer("write"), warehouse.writing(path) as con:
             if run_rows is not None:
                 _write_run(con, run_id, run_rows)

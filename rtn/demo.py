@@ -8,7 +8,7 @@ from rtn import warehouse
 
 DEMO_RUN = "demo"
 SUMMARY_TABLES = ("checkpoints", "token_frequencies", "eval_tokens", "neuron_stats", "activation_samples",
-                  "ablation_deltas", "neuron_weights", "weight_spectra", "head_ablations")
+                  "ablation_deltas", "neuron_weights", "weight_spectra", "head_ablations", "group_ablation_deltas")
 
 
 def demo_config(assets):

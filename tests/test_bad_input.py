@@ -54,6 +54,8 @@ CASES = {
     "unknown revision": (lambda r, m, c: ["--model", r / "ckpts", "--checkpoints", "step0,step999", "--corpus", c],
                          "unknown revision 'step999'"),
     "layer out of range": (lambda r, m, c: ["--model", m, "--corpus", c, "--layer", 7], "--layer 7"),
+    "more head layers than the model has": (lambda r, m, c: ["--model", m, "--corpus", c, "--head-layers", 5],
+                                            "head"),
     "same run name, other settings": (lambda r, m, c: ["--model", m, "--corpus", c, "--tokens", 512, "--seq-len", 32],
                                       "already exists"),
 }

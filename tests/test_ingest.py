@@ -25,6 +25,7 @@ GRAINS = {
     "neuron_weights": ["run_id", "step", "layer", "neuron"],
     "weight_spectra": ["run_id", "step", "layer", "matrix"],
     "head_ablations": ["run_id", "step", "layer", "head", "method", "token_class"],
+    "group_ablation_deltas": ["run_id", "step", "layer", "group_name", "k", "token_class"],
 }
 
 

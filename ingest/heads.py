@@ -1,0 +1,167 @@
+"""Attention-head and whole-attention-layer ablations of the last K layers -> `head_ablations` rows.
+
+    rows = head_ablations(model, adapter, data, config, clean_losses_by_class, plateau_neurons)
+
+Every ablation is one re-run of the model with a forward pre-hook on the layer's attention
+output projection, whose input is the concatenation of the head outputs, head-major
+[..., n_heads * d_head]. Two methods:
+
+* `mean`: the head's slice is replaced by its mean over every eval position (of a clean run);
+* `bos`:  the head attends only to the first position, as the follow-up paper's code did. Under
+  causal attention the first position can attend to nothing but itself, so there the head's
+  output already is its value vector v(0); with all attention moved to the first token every
+  position outputs that same v(0). The hook therefore broadcasts the slice at position 0 over
+  the sequence, which is exact for every causal family (GPT-NeoX, GPT-2, Llama).
+
+head = -1 ablates every head of the layer at once (the whole attention layer).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import polars as pl
+import torch
+
+from ingest import adapters
+from ingest.adapters import Adapter
+from ingest.capture import hooked
+from ingest.config import IngestConfig
+from ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
+from rtn.errors import RtnError
+
+METHODS = ("mean", "bos")
+WHOLE_LAYER = -1   # the `head` of a whole-layer ablation
+
+HEAD_ABLATIONS_SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "method": pl.Utf8, "token_class": pl.Utf8,
+                         "delta_loss": pl.Float64, "relative_change": pl.Float64,
+                         "plateau_act_change": pl.Float64}
+
+
+def check_head_layers(n_layers: int, k: int) -> None:
+    """Raises a one-line RtnError unless 0 <= k <= n_layers (k = --head-layers)."""
+    if not 0 <= k <= n_layers:
+        raise RtnError(f"--head-layers {k} must lie between 0 and {n_layers}, the model's number of layers")
+
+
+def head_layers(n_layers: int, k: int) -> list[int]:
+    """Returns the 0-based indices of the last k attention layers."""
+    check_head_layers(n_layers, k)
+    return list(range(n_layers - k, n_layers))
+
+
+def head_columns(head: int, n_heads: int, width: int) -> slice:
+    """Returns the columns of `head` in the attention-output-projection input (all of them for -1)."""
+    if head == WHOLE_LAYER:
+        return slice(0, width)
+    if not 0 <= head < n_heads:
+        raise RtnError(f"attention head {head} does not exist: layers have {n_heads} heads "
+                       f"(0..{n_heads - 1}, or -1 for the whole layer)")
+    d_head = width // n_heads
+    return slice(head * d_head, (head + 1) * d_head)
+
+
+def ablation_hook(columns: slice, method: str, means: torch.Tensor):
+    """Returns a forward pre-hook for the attention output projection that ablates `columns`."""
+    if method not in METHODS:
+        raise RtnError(f"head ablation method {method!r} is not one of {', '.join(METHODS)}")
+
+    def hook(_module, inputs):
+        heads_out = inputs[0].clone()                                 # [B, L, n_heads * d_head]
+        if method == "mean":
+            heads_out[..., columns] = means[columns].to(heads_out.dtype)
+        else:   # bos: every position outputs the head's value at the first position
+            heads_out[..., columns] = heads_out[:, :1, columns]
+        return (heads_out, *inputs[1:])
+    return hook
+
+
+@dataclass
+class _Pass:
+    losses: torch.Tensor        # [S*L] loss of the prediction at each position
+    plateau_acts: torch.Tensor  # [S*L, p] activations of the plateau neurons at the studied layer
+
+
+@torch.no_grad()
+def _run(model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, dtype: torch.dtype,
+         studied_layer: int, plateau: torch.Tensor, extra_hooks=()) -> _Pass:
+    """Returns the per-position losses and plateau activations of one run with `extra_hooks`."""
+    device = next(model.parameters()).device
+    losses, acts = [], []
+
+    def grab_plateau(_module, inputs):
+        acts.append(inputs[0][..., plateau.to(inputs[0].device)].flatten(0, -2).to(dtype))   # [B*L, p]
+
+    with ExitStack() as stack:
+        stack.enter_context(hooked(adapters.mlp_out_module(model, adapter, studied_layer), grab_plateau))
+        for module, pre_hook in extra_hooks:
+            stack.enter_context(hooked(module, pre_hook))
+        for start in range(0, input_ids.shape[0], batch_size):
+            ids = input_ids[start:start + batch_size].to(device)
+            logits = model(ids, use_cache=False).logits.to(dtype)                   # [B, L, V]
+            targets = torch.roll(ids, -1, dims=1)                                    # token at pos + 1
+            losses.append((torch.logsumexp(logits, -1) - logits.gather(-1, targets[..., None])[..., 0]).reshape(-1))
+    return _Pass(torch.cat(losses), torch.cat(acts))
+
+
+def _class_masks(classes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Returns {token_class: boolean mask} over flat positions; 'all' = every included prediction."""
+    return {"rare": classes == RARE, "common": classes == COMMON, "all": classes != EXCLUDED}
+
+
+@torch.no_grad()
+def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig,
+                   clean_losses_by_class: dict[str, float] | None, plateau_neurons,
+                   methods=METHODS) -> pl.DataFrame:
+    """Returns head_ablations rows (without run_id/step) for every head and whole layer of the last K layers.
+
+    clean_losses_by_class: {token_class: clean mean loss} (eval_losses), the denominator of
+    relative_change; None takes it from this function's own clean run. plateau_neurons: the
+    neurons of the studied layer whose mean |activation change| is reported (empty: NaN).
+    """
+    n_layers = len(adapters.blocks(model, adapter))
+    layers = head_layers(n_layers, config.head_layers)
+    if not layers:
+        return pl.DataFrame(schema=HEAD_ABLATIONS_SCHEMA)
+    studied = adapters.resolve_layer(model, adapter, config.layer)
+    dtype = torch.float64 if config.precision == "float64" else torch.float32
+    device = next(model.parameters()).device
+    plateau = torch.as_tensor(list(plateau_neurons), dtype=torch.long)
+    n_heads = adapters.n_heads(model, adapter)
+
+    sums: dict[int, torch.Tensor] = {}
+
+    def accumulate(layer):
+        def hook(_module, inputs):
+            total = inputs[0].to(torch.float64).sum((0, 1))                          # [n_heads * d_head]
+            sums[layer] = sums[layer] + total if layer in sums else total
+        return hook
+
+    clean = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau,
+                 [(adapters.attn_out_module(model, adapter, layer), accumulate(layer)) for layer in layers])
+    means = {layer: total / data.input_ids.numel() for layer, total in sums.items()}   # over every eval position
+    masks = _class_masks(data.classes.reshape(-1).to(device))
+    if clean_losses_by_class is None:
+        clean_losses_by_class = {name: float(clean.losses[mask].mean()) for name, mask in masks.items()}
+
+    rows = []
+    for layer in layers:
+        width = means[layer].shape[0]
+        for method in methods:
+            for head in [*range(n_heads), WHOLE_LAYER]:
+                hook = ablation_hook(head_columns(head, n_heads, width), method, means[layer])
+                ablated = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau,
+                               [(adapters.attn_out_module(model, adapter, layer), hook)])
+                delta = ablated.losses - clean.losses                                 # [S*L]
+                act_change = (ablated.plateau_acts - clean.plateau_acts).abs()        # [S*L, p]
+                for name, mask in masks.items():
+                    delta_loss = float(delta[mask].mean()) if mask.any() else float("nan")
+                    rows.append({
+                        "layer": layer, "head": head, "method": method, "token_class": name,
+                        "delta_loss": delta_loss,
+                        "relative_change": delta_loss / clean_losses_by_class[name]
+                        if clean_losses_by_class.get(name) else float("nan"),
+                        "plateau_act_change": float(act_change[mask].mean())
+                        if len(plateau) and mask.any() else float("nan"),
+                    })
+    return pl.DataFrame(rows, schema=HEAD_ABLATIONS_SCHEMA)
