@@ -13,7 +13,9 @@ create table if not exists weight_spectra (
     stable_rank double,       -- sum(lambda) / lambda_max
     log_norm double,          -- log10 of the squared Frobenius norm
     log_spectral_norm double, -- log10 lambda_max
-    heavy_tail boolean,       -- WeightWatcher's reading: alpha <= 6 is heavy-tailed; no fit or alpha > 6 is not
+    mp_softrank double,       -- Marchenko-Pastur bulk edge / lambda_max: near 1 for random-like matrices
+    heavy_tail boolean,       -- alpha <= 6 and lambda_max clears the MP bulk edge (mp_softrank < 0.8)
+    tail_class varchar,       -- very_heavy, heavy, not_heavy or no_fit
     eigenvalues double[],     -- eigenvalues of W^T W, ascending
     primary key (run_id, step, layer, matrix)
 );

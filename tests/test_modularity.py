@@ -1,0 +1,174 @@
+"""Louvain modularity and its permutation test: against networkx, on planted and null data.
+
+    .venv/bin/pytest tests/test_modularity.py            # the calibration test is marked slow
+"""
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import polars as pl
+import pytest
+
+from analyses import modularity
+from analyses.modularity import ModularityConfig
+from test_geometry import build_warehouse
+
+
+def _graph(weights: np.ndarray) -> nx.Graph:
+    graph = nx.Graph()
+    graph.add_nodes_from(range(weights.shape[0]))
+    for i in range(weights.shape[0]):
+        for j in range(i + 1, weights.shape[0]):
+            graph.add_edge(i, j, weight=weights[i, j])
+    return graph
+
+
+def _blocks(rng, n_samples: int, sizes: list[int], noise: float = 0.6) -> np.ndarray:
+    """Returns activations [samples, Σ sizes]: neurons of one block share a latent signal."""
+    return np.hstack([rng.standard_normal((n_samples, 1)) + noise * rng.standard_normal((n_samples, size))
+                      for size in sizes])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_modularity_q_matches_networkx(seed):
+    rng = np.random.default_rng(seed)
+    size = 9
+    weights = rng.random((size, size))
+    labels = rng.integers(0, 3, size)
+    labels = np.unique(labels, return_inverse=True)[1]
+    communities = [set(np.flatnonzero(labels == c).tolist()) for c in range(labels.max() + 1)]
+    for resolution in (1.0, 0.5):
+        expected = nx.community.modularity(_graph(weights), communities, weight="weight", resolution=resolution)
+        assert modularity.modularity_q(weights, labels, resolution) == pytest.approx(expected, abs=1e-12)
+
+
+def test_signed_modularity_matches_the_gomez_formula_by_loops():
+    rng = np.random.default_rng(7)
+    size = 8
+    signed = np.triu(rng.uniform(-1, 1, (size, size)), 1)
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 0])
+    full = signed + signed.T
+    pos, neg = np.clip(full, 0, None), np.clip(-full, 0, None)
+    two_w_pos, two_w_neg = pos.sum(), neg.sum()
+    total = 0.0
+    for i in range(size):
+        for j in range(size):
+            if labels[i] == labels[j]:
+                total += full[i, j] - (pos[i].sum() * pos[j].sum() / two_w_pos - neg[i].sum() * neg[j].sum() / two_w_neg)
+    assert modularity.signed_modularity(signed, labels) == pytest.approx(total / (two_w_pos + two_w_neg), abs=1e-12)
+
+
+def test_permutation_p_value_counts_ties_and_never_returns_zero():
+    null = np.array([0.1, 0.2, 0.3, 0.3, np.nan])
+    assert modularity.permutation_p_value(0.3, null) == pytest.approx(3 / 5)
+    assert modularity.permutation_p_value(0.9, null) == pytest.approx(1 / 5)
+    assert modularity.permutation_p_value(0.0, null) == pytest.approx(1.0)
+
+
+def test_planted_blocks_give_high_q_small_p_and_the_blocks_as_communities():
+    rng = np.random.default_rng(11)
+    n_samples, n_other = 120, 150
+    planted = _blocks(rng, n_samples, [4, 4, 4])                        # plateau = 3 correlated blocks
+    acts = np.hstack([planted, rng.standard_normal((n_samples, n_other))])
+    randoms = {f"random_{j}": sorted(rng.choice(np.arange(12, 12 + n_other), 12, replace=False).tolist())
+               for j in (1, 2)}
+    con = build_warehouse({0: acts}, {0: {"plateau": list(range(12)), **randoms}}, np.ones(n_samples, bool))
+    tables = modularity.compute(con, "t", ModularityConfig(workers=1))
+    summary = tables["analysis_modularity"]
+    plateau = summary.filter(pl.col("group_name") == "plateau").row(0, named=True)
+    assert plateau["q"] > 0.4 and plateau["q"] > plateau["null_mean"] + 5 * plateau["null_std"]
+    assert plateau["p_value"] == pytest.approx(1 / 101)
+    assert plateau["n_communities"] == 3 and plateau["n_null"] == len(plateau["null_q"]) == 100
+    communities = tables["analysis_communities"].filter(pl.col("group_name") == "plateau").sort("neuron")
+    assert communities["community"].to_list() == [0] * 4 + [1] * 4 + [2] * 4
+    for name in ("random_1", "random_2"):
+        row = summary.filter(pl.col("group_name") == name).row(0, named=True)
+        assert row["q"] < plateau["q"] / 2
+    assert set(summary["group_name"]) == {"plateau", "random_1", "random_2", "plateau+random_1", "plateau+random_2"}
+
+
+def test_independent_activations_give_q_near_the_null_and_a_large_p():
+    rng = np.random.default_rng(12)
+    n_samples, n_neurons = 80, 120
+    acts = rng.standard_normal((n_samples, n_neurons))
+    groups = {"plateau": list(range(0, 10)), "random_1": list(range(10, 20)), "random_2": list(range(20, 30))}
+    con = build_warehouse({0: acts}, {0: groups}, np.ones(n_samples, bool))
+    summary = modularity.compute(con, "t", ModularityConfig(workers=1))["analysis_modularity"]
+    for row in summary.iter_rows(named=True):
+        assert abs(row["q"] - row["null_mean"]) < 3 * row["null_std"], row["group_name"]
+    plateau = summary.filter(pl.col("group_name") == "plateau").row(0, named=True)
+    assert plateau["p_value"] > 0.1
+
+
+def test_stored_partition_recomputes_q_with_networkx_from_the_edge_view():
+    rng = np.random.default_rng(13)
+    n_samples = 60
+    acts = np.hstack([_blocks(rng, n_samples, [3, 5], noise=1.0), rng.standard_normal((n_samples, 40))])
+    groups = {"plateau": list(range(8)), "random_1": list(range(8, 16)), "random_2": list(range(20, 28))}
+    con = build_warehouse({0: acts, 1: acts[:, ::-1].copy()}, {0: groups, 1: groups}, rng.random(n_samples) < 0.7)
+    tables = modularity.compute(con, "t", ModularityConfig(n_null=5, workers=1))
+    edges = con.execute("select step, group_name, neuron_a, neuron_b, weight from modularity_edges").fetchall()
+    for row in tables["analysis_modularity"].iter_rows(named=True):
+        members = tables["analysis_communities"].filter((pl.col("step") == row["step"])
+                                                        & (pl.col("group_name") == row["group_name"]))
+        graph = nx.Graph()
+        graph.add_nodes_from(members["neuron"].to_list())
+        graph.add_weighted_edges_from((a, b, w) for s, g, a, b, w in edges if s == row["step"] and g == row["group_name"])
+        partition = [set(part["neuron"].to_list()) for _, part in members.group_by("community")]
+        assert len(partition) == row["n_communities"]
+        assert nx.community.modularity(graph, partition, weight="weight") == pytest.approx(row["q"], abs=1e-12)
+    assert tables["analysis_modularity"].height == 2 * 5
+
+
+def test_null_distribution_is_reproducible_and_seeded():
+    rng = np.random.default_rng(14)
+    acts = rng.standard_normal((50, 40))
+    groups = {"plateau": list(range(6)), "random_1": list(range(6, 12))}
+    first, second = (modularity.compute(build_warehouse({0: acts}, {0: groups}, np.ones(50, bool)), "t",
+                                        ModularityConfig(n_null=10, workers=1))["analysis_modularity"] for _ in range(2))
+    assert first.equals(second)
+    reseeded = modularity.compute(build_warehouse({0: acts}, {0: groups}, np.ones(50, bool)), "t",
+                                  ModularityConfig(n_null=10, seed=1, workers=1))["analysis_modularity"]
+    assert reseeded["null_q"].to_list() != first["null_q"].to_list()
+    # plateau and random_1 have one size: they share one null sample
+    assert first["null_q"][0].to_list() == first["null_q"][1].to_list()
+
+
+def test_worker_pool_gives_the_same_tables_as_one_process():
+    rng = np.random.default_rng(15)
+    acts = np.hstack([_blocks(rng, 40, [5, 5]), rng.standard_normal((40, 60))])
+    groups = {"plateau": list(range(10)), "random_1": list(range(10, 20)), "random_2": list(range(30, 40))}
+    con = build_warehouse({0: acts}, {0: groups}, np.ones(40, bool))
+    one, two = (modularity.compute(con, "t", ModularityConfig(n_null=20, workers=w, pool_min_size=10))
+                for w in (1, 2))
+    for table in one:
+        assert one[table].equals(two[table]), table
+
+
+def _null_data_p_values(n_repeats: int, n_null: int, size: int = 6) -> np.ndarray:
+    """Returns the permutation p-value of a random group on fresh independent data, per repeat."""
+    p_values = np.empty(n_repeats)
+    config = ModularityConfig(n_null=n_null)
+    for repeat in range(n_repeats):
+        rng = np.random.default_rng(1000 + repeat)
+        acts = rng.standard_normal((30, 40))
+        group = np.sort(rng.choice(40, size, replace=False))
+        weights = np.abs(modularity.correlation_weights(acts[:, group]))
+        q = modularity.modularity_q(weights, modularity.louvain_labels(weights), 1.0)
+        p_values[repeat] = modularity.permutation_p_value(q, modularity.null_q(acts, size, n_null, rng, config))
+    return p_values
+
+
+def test_p_values_are_calibrated_on_null_data_quick():
+    # n_null = 19: p <= 0.05 exactly when the group beats all 19 nulls, chance 1/20 under the null.
+    # 300 repeats: 15 expected, binomial sd 3.8; [4, 26] is ±3 sd and fails a test twice as liberal.
+    p_values = _null_data_p_values(300, n_null=19)
+    assert 4 <= np.sum(p_values <= 0.05 + 1e-12) <= 26
+    assert 0.4 < np.mean(p_values) < 0.6          # uniform on {1/20, ..., 1}: mean 0.525
+
+
+@pytest.mark.slow
+def test_p_values_are_calibrated_on_null_data_with_100_null_groups():
+    # n_null = 100: P(p < 0.05) = P(at most 4 of 100 nulls >= q) = 5/101 under exchangeability.
+    p_values = _null_data_p_values(300, n_null=100)
+    assert 4 <= np.sum(p_values < 0.05) <= 27     # expected 14.9, sd 3.8
