@@ -1,0 +1,159 @@
+"""Robust cross-check of the SQL regime fit (regime_summary): a continuous three-segment line
+(plateau, power law, decay) on ln|ΔLoss| against ln(rank), refined with a Huber loss.
+
+    from analyses import regimes
+    tables = regimes.compute(con, "demo")   # {"analysis_regime_fits": polars.DataFrame}
+
+On a machine with few cores, run with OPENBLAS_NUM_THREADS=1: scipy's least_squares takes an SVD
+of the tall Jacobian every iteration, which OpenBLAS threads make ~100x slower when they contend.
+
+The SQL fit gives every segment its own line and minimises squared error over a grid of
+breakpoints; this one joins the segments at the breakpoints, treats the breakpoints as free
+parameters and down-weights outlying neurons, so agreement between the two says the breakpoints
+come from the curve, not from the method. Like the SQL, it starts from the best single break and
+looks for the second an e-fold of rank or more on either side of it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from scipy.optimize import least_squares
+
+GRID = 60            # candidate breakpoints per grid search, evenly spaced in ln(rank)
+MIN_POINTS = 3       # neurons each segment keeps, as in the SQL
+POWER_LAW_SPAN = 1.0 # the power law spans at least this much ln(rank) (one e-fold), as in the SQL
+REFINE = 0.3         # how far (in ln rank) refinement may move a break from the grid's choice
+HUBER = 1.345        # Huber threshold in robust standard deviations (1.4826 MAD) of the residuals
+AGREEMENT = 0.10     # breakpoints agree when within this fraction of the SQL rank (or one rank)
+
+CURVE = ["run_id", "step", "layer", "token_class", "sign"]
+
+
+def _hinges(x: np.ndarray, breaks: np.ndarray) -> np.ndarray:
+    """Returns the design [candidates, n, 2 + k]: 1, x and max(0, x - u) for each break u."""
+    ones = np.ones((breaks.shape[0], x.size, 1))
+    slopes = np.broadcast_to(x[None, :, None], ones.shape)
+    return np.concatenate([ones, slopes, np.maximum(0.0, x[None, :, None] - breaks[:, None, :])], axis=2)
+
+
+def _best_breaks(x: np.ndarray, y: np.ndarray, breaks: np.ndarray) -> np.ndarray:
+    """Returns the row of `breaks` [candidates, k] whose continuous hinge line fits best (least squares)."""
+    design = _hinges(x, breaks)                                   # [candidates, n, 2 + k]
+    gram = np.einsum("cni,cnj->cij", design, design)
+    moments = np.einsum("cni,n->ci", design, y)
+    coef = np.linalg.solve(gram + 1e-12 * np.eye(gram.shape[1]), moments[..., None])[..., 0]
+    sse = ((np.einsum("cni,ci->cn", design, coef) - y) ** 2).sum(axis=1)
+    return breaks[np.argmin(sse)]
+
+
+def _line(params: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Continuous three-segment line; params = (intercept, slope1, slope2, slope3, u1, w), with the
+    breaks at u1 and u2 = u1 + POWER_LAW_SPAN + w (w >= 0 keeps the power law an e-fold long)."""
+    a, s1, s2, s3, u1, w = params
+    u2 = u1 + POWER_LAW_SPAN + w
+    return a + s1 * x + (s2 - s1) * np.maximum(0.0, x - u1) + (s3 - s2) * np.maximum(0.0, x - u2)
+
+
+def _line_jacobian(params: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Returns d line / d params, [n, 6]."""
+    _, s1, s2, s3, u1, w = params
+    u2 = u1 + POWER_LAW_SPAN + w
+    past1, past2 = np.maximum(0.0, x - u1), np.maximum(0.0, x - u2)
+    d_u2 = -(s3 - s2) * (x > u2)
+    return np.column_stack([np.ones_like(x), x - past1, past1 - past2, past2, -(s2 - s1) * (x > u1) + d_u2, d_u2])
+
+
+def fit_curve(log_influence: np.ndarray) -> dict | None:
+    """Returns the Huber fit of one curve (log influence ordered by rank 1..n), None if too short."""
+    y = np.asarray(log_influence, dtype=float)
+    n = y.size
+    if n < 3 * MIN_POINTS + 3:
+        return None
+    x = np.log(np.arange(1, n + 1))
+    # a break u keeps >= MIN_POINTS ranks on each side: ln(MIN_POINTS) <= u < ln(n - MIN_POINTS)
+    lo, hi = np.log(MIN_POINTS), np.log(n - MIN_POINTS)
+    grid = np.linspace(lo, hi, GRID)
+    # 1. the sharpest bend (one break); 2. a second break an e-fold or more below or above it
+    (first,) = _best_breaks(x, y, grid[:, None])
+    others = grid[np.abs(grid - first) >= POWER_LAW_SPAN]
+    if others.size == 0:
+        return None
+    pairs = np.sort(np.column_stack([others, np.full(others.size, first)]), axis=1)
+    plateau, decay = _best_breaks(x, y, pairs)
+    # 3. both breaks together on a finer grid around those (least squares), then 4. all six
+    # parameters with the Huber loss, breaks free within REFINE of where 3 put them
+    near = np.linspace(-REFINE, REFINE, 15)
+    pairs = np.array([(plateau + a, decay + b) for a in near for b in near
+                      if lo <= plateau + a and decay + b <= hi and b - a >= POWER_LAW_SPAN + plateau - decay])
+    plateau, decay = _best_breaks(x, y, pairs)
+    start_design = _hinges(x, np.array([[plateau, decay]]))[0]
+    coef = np.linalg.lstsq(start_design, y, rcond=None)[0]
+    slopes = np.cumsum(coef[1:])
+    start = np.array([coef[0], *slopes, plateau, decay - plateau - POWER_LAW_SPAN])
+    residuals = y - _line(start, x)
+    scale = max(HUBER * 1.4826 * np.median(np.abs(residuals - np.median(residuals))), 1e-3)
+    lower = np.array([-np.inf] * 4 + [max(lo, plateau - REFINE), 0.0])
+    upper = np.array([np.inf] * 4 + [plateau + REFINE, max(start[5], 0.0) + 2 * REFINE])
+    result = least_squares(
+        lambda p: _line(p, x) - y, np.clip(start, lower, upper), jac=lambda p: _line_jacobian(p, x),
+        bounds=(lower, upper), loss="huber", f_scale=scale,
+    )
+    _, s1, s2, s3, u1, w = result.x
+    u2 = u1 + POWER_LAW_SPAN + w
+    return {
+        "n_neurons": n,
+        "plateau_end_rank": int(np.floor(np.exp(u1) + 1e-9)),   # ranks with ln(rank) <= u1
+        "decay_start_rank": int(np.floor(np.exp(u2) + 1e-9)) + 1,
+        "plateau_slope": float(s1),
+        "power_law_slope": float(s2),
+        "decay_slope": float(s3),
+        "huber_scale": float(scale),
+    }
+
+
+def _agrees(rank: str, sql_rank: str) -> pl.Expr:
+    """Whether two breakpoint ranks agree: within AGREEMENT of the SQL rank, or one rank (the point
+    on the kink of a continuous curve fits either segment); false where the SQL has none."""
+    tolerance = pl.max_horizontal(pl.lit(1.0), AGREEMENT * pl.col(sql_rank))
+    return ((pl.col(rank) - pl.col(sql_rank)).abs() <= tolerance).fill_null(False)
+
+
+def compute(con, run_id: str) -> dict[str, pl.DataFrame]:
+    """Returns {"analysis_regime_fits": one robust fit per curve of `run_id`, beside the SQL's}."""
+    curves = con.sql(
+        f"""
+        select {", ".join(CURVE)}, list(log_influence order by rank) as log_influence
+        from neuron_influence
+        where run_id = ?
+        group by all
+        order by all
+        """,
+        params=[run_id],
+    ).pl()
+    sql_fits = con.sql(
+        f"""
+        select {", ".join(CURVE)},
+            has_plateau as sql_has_plateau,
+            three_seg_plateau_end_rank as sql_plateau_end_rank,
+            three_seg_decay_start_rank as sql_decay_start_rank,
+        from regime_summary
+        where run_id = ?
+        """,
+        params=[run_id],
+    ).pl()
+    rows = []
+    for curve in curves.iter_rows(named=True):
+        fit = fit_curve(np.asarray(curve.pop("log_influence")))
+        if fit is not None:
+            rows.append({**curve, **fit})
+    schema = {
+        "run_id": pl.Utf8, "step": pl.Int64, "layer": pl.Int32, "token_class": pl.Utf8, "sign": pl.Utf8,
+        "n_neurons": pl.Int32, "plateau_end_rank": pl.Int32, "decay_start_rank": pl.Int32,
+        "plateau_slope": pl.Float64, "power_law_slope": pl.Float64, "decay_slope": pl.Float64,
+        "huber_scale": pl.Float64,
+    }
+    fits = pl.DataFrame(rows, schema=schema).join(sql_fits, on=CURVE, how="left").with_columns(
+        agrees_with_sql=_agrees("plateau_end_rank", "sql_plateau_end_rank")
+        & _agrees("decay_start_rank", "sql_decay_start_rank"),
+    )
+    return {"analysis_regime_fits": fits}

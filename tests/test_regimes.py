@@ -1,0 +1,367 @@
+"""Influence regimes, neuron groups and their dynamics: the views token_classes, neuron_influence,
+regime_summary, influence_regimes, regime_dynamics, neuron_groups, and the robust Python fit.
+
+    .venv/bin/pytest tests/test_regimes.py -q
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+import sql
+from analyses import regimes
+
+REPO = Path(__file__).resolve().parent.parent
+VIEWS = ["token_classes", "neuron_influence", "regime_summary", "influence_regimes", "regime_dynamics",
+         "neuron_groups"]
+
+
+def planted_influence(n: int, plateau_end: int, slope: float, decay_start: int, decay_slope: float = -6.0,
+                      noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Returns |ΔLoss| of n neurons whose sorted curve is flat up to rank plateau_end, a power law
+    of `slope` on ln-ln axes up to rank decay_start - 1 and `decay_slope` from there (continuous),
+    times exp(N(0, noise)) per neuron. plateau_end = 1 means no plateau, decay_start > n no decay."""
+    x = np.log(np.arange(1, n + 1))
+    x_plateau, x_decay = np.log(plateau_end), np.log(decay_start - 1)
+    y = -2.0 + slope * np.clip(x - x_plateau, 0, None)
+    y = y + (decay_slope - slope) * np.clip(x - x_decay, 0, None)
+    return np.exp(y + np.random.default_rng(seed).normal(0.0, noise, n))
+
+
+def ablation_rows(influence: np.ndarray, run_id: str = "run", step: int = 0, layer: int = 0,
+                  token_class: str = "rare", sign: float = 1.0, neurons=None, seed: int = 0) -> pl.DataFrame:
+    """Returns ablation_deltas rows for one curve; neuron ids shuffled unless given."""
+    neurons = np.random.default_rng(seed).permutation(len(influence)) if neurons is None else np.asarray(neurons)
+    return pl.DataFrame({
+        "run_id": run_id, "step": step, "layer": layer, "neuron": neurons.astype(np.int32),
+        "token_class": token_class, "delta_loss": sign * np.asarray(influence, dtype=float),
+        "std_err": 0.0, "n": 100,
+    })
+
+
+def warehouse(*frames: pl.DataFrame, views=VIEWS) -> duckdb.DuckDBPyConnection:
+    """Returns an in-memory warehouse holding `frames` as ablation_deltas, with `views` applied."""
+    con = duckdb.connect()
+    sql.create_tables(con)
+    if frames:
+        con.register("_rows", pl.concat(frames).to_arrow())
+        con.execute("insert into ablation_deltas by name select * from _rows")
+        con.unregister("_rows")
+    sql.apply_views(con, names=views)
+    return con
+
+
+def summary(con, **where) -> dict:
+    """Returns the one regime_summary row matching `where` as a dict."""
+    condition = " and ".join(f"{col} = ?" for col in where)
+    rows = con.sql(f"select * from regime_summary where {condition}", params=list(where.values())).pl()
+    assert rows.height == 1
+    return rows.row(0, named=True)
+
+
+# A hand-written rare curve: ranks 1-4 at 1.0 (plateau), 5-12 at 2 / r (power law, slope -1,
+# a step below the plateau, over 12 / 4 > e ranks), 13-16 at 0.1 (12 / r)^8 (decay, slope -8).
+PLATEAU_CURVE = [1.0] * 4 + [2 / r for r in range(5, 13)] + [0.1 * (12 / r) ** 8 for r in range(13, 17)]
+POWER_LAW_CURVE = [1.0 / r for r in range(1, 17)]
+
+
+# ---- token_classes ---------------------------------------------------------------------------
+
+def test_token_classes_rank_types_by_count_and_split_at_the_median_type():
+    con = duckdb.connect()
+    sql.create_tables(con)
+    con.execute("""insert into token_frequencies values
+        ('c', 0, 'the', 100), ('c', 1, 'cat', 10), ('c', 2, 'sat', 10), ('c', 3, 'zyx', 1), ('c', 4, 'qq', 3),
+        ('d', 0, 'a', 7)""")
+    sql.apply_views(con, names=["token_classes"])
+    got = con.sql("select * from token_classes order by corpus_id, token_id").fetchall()
+    assert got == [
+        ("c", 0, "the", 100, 1, 1.0, "common"),
+        ("c", 1, "cat", 10, 2, 0.5, "common"),
+        ("c", 2, "sat", 10, 3, 0.5, "common"),
+        ("c", 3, "zyx", 1, 5, 0.0, "rare"),
+        ("c", 4, "qq", 3, 4, 0.25, "rare"),
+        ("d", 0, "a", 7, 1, 0.0, "rare"),
+    ]
+
+
+# ---- neuron_influence ------------------------------------------------------------------------
+
+def test_neuron_influence_signs_ranks_and_drops_zero_effects():
+    con = duckdb.connect()
+    sql.create_tables(con)
+    con.execute("""insert into ablation_deltas values
+        ('r', 0, 3, 0, 'rare', 0.5, 0, 1), ('r', 0, 3, 1, 'rare', -0.25, 0, 1), ('r', 0, 3, 2, 'rare', 0.0, 0, 1),
+        ('r', 0, 3, 3, 'rare', 2.0, 0, 1), ('r', 0, 3, 4, 'rare', 0.5, 0, 1), ('r', 0, 3, 5, 'rare', -1.0, 0, 1)""")
+    sql.apply_views(con, names=["neuron_influence"])
+    got = con.sql("select sign, neuron, delta_loss, influence, rank, log_rank, log_influence "
+                  "from neuron_influence order by sign, rank").fetchall()
+    assert got == [
+        ("boost", 3, 2.0, 2.0, 1, 0.0, math.log(2.0)),
+        ("boost", 0, 0.5, 0.5, 2, math.log(2), math.log(0.5)),  # tie with neuron 4: lower id first
+        ("boost", 4, 0.5, 0.5, 3, math.log(3), math.log(0.5)),
+        ("suppress", 5, -1.0, 1.0, 1, 0.0, 0.0),
+        ("suppress", 1, -0.25, 0.25, 2, math.log(2), math.log(0.25)),
+    ]
+
+
+# ---- regime_summary --------------------------------------------------------------------------
+
+def test_regime_summary_on_hand_written_curves():
+    con = warehouse(ablation_rows(PLATEAU_CURVE, neurons=range(16)),
+                    ablation_rows(POWER_LAW_CURVE, token_class="common", neurons=range(16)),
+                    views=["neuron_influence", "regime_summary"])
+    rare = summary(con, token_class="rare")
+    assert {k: rare[k] for k in ["n_neurons", "plateau_end_rank", "decay_start_rank", "plateau_size",
+                                 "has_plateau", "three_seg_plateau_end_rank", "three_seg_decay_start_rank",
+                                 "two_seg_decay_start_rank"]} == {
+        "n_neurons": 16, "plateau_end_rank": 4, "decay_start_rank": 13, "plateau_size": 4,
+        "has_plateau": True, "three_seg_plateau_end_rank": 4, "three_seg_decay_start_rank": 13,
+        "two_seg_decay_start_rank": 13,
+    }
+    assert rare["plateau_fraction"] == 0.25
+    assert rare["power_law_slope"] == pytest.approx(-1.0)
+    assert rare["power_law_r2"] == pytest.approx(1.0)
+    assert rare["three_seg_plateau_slope"] == pytest.approx(0.0, abs=1e-12)
+    assert rare["three_seg_decay_slope"] == pytest.approx(-8.0)
+    # the plateau at ln 1 = 0 against the power law ln 2 - ln r, over r = 1..4
+    assert rare["plateau_lift"] == pytest.approx(math.log(24) / 4 - math.log(2))
+    assert rare["delta_bic"] > 0
+    # an exact power law: every split fits exactly, ties go to the smallest breakpoints, and
+    # three segments lose by BIC
+    common = summary(con, token_class="common")
+    assert {k: common[k] for k in ["n_neurons", "plateau_end_rank", "decay_start_rank", "plateau_size",
+                                   "plateau_fraction", "has_plateau", "three_seg_plateau_end_rank",
+                                   "three_seg_decay_start_rank"]} == {
+        "n_neurons": 16, "plateau_end_rank": None, "decay_start_rank": 4, "plateau_size": 0,
+        "plateau_fraction": 0.0, "has_plateau": False, "three_seg_plateau_end_rank": 3,
+        "three_seg_decay_start_rank": 10,
+    }
+    assert common["power_law_slope"] == pytest.approx(-1.0)
+    assert common["plateau_lift"] == pytest.approx(0.0, abs=1e-12)
+    assert common["delta_bic"] < 0
+
+
+def test_regime_summary_leaves_out_curves_too_short_to_fit():
+    con = warehouse(ablation_rows([1.0, 0.5, 0.25, 0.1, 0.05]), views=["neuron_influence", "regime_summary"])
+    assert con.sql("select count(*) from regime_summary").fetchall()[0] == (0,)
+
+
+@pytest.mark.parametrize("n, plateau_end, slope, decay_start, noise", [
+    (4096, 70, -1.0, 3000, 0.0),
+    (4096, 70, -1.0, 3000, 0.02),
+    (2048, 40, -0.7, 1500, 0.0),
+    (2048, 40, -0.7, 1500, 0.02),
+    (1024, 20, -1.5, 900, 0.02),
+])
+def test_planted_plateau_recovers_both_breakpoints_and_the_slope(n, plateau_end, slope, decay_start, noise):
+    con = warehouse(ablation_rows(planted_influence(n, plateau_end, slope, decay_start, noise=noise, seed=n)),
+                    views=["neuron_influence", "regime_summary"])
+    fit = summary(con, token_class="rare")
+    assert fit["has_plateau"]
+    assert abs(fit["plateau_end_rank"] - plateau_end) <= 0.05 * plateau_end
+    assert abs(fit["decay_start_rank"] - decay_start) <= 0.05 * decay_start
+    assert fit["power_law_slope"] == pytest.approx(slope, abs=0.05)
+    assert fit["plateau_size"] == fit["plateau_end_rank"]
+    assert fit["plateau_fraction"] == pytest.approx(fit["plateau_end_rank"] / n)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_pure_power_law_has_no_plateau(noise):
+    con = warehouse(ablation_rows(planted_influence(4096, 1, -0.8, 10**9, noise=noise, seed=3)),
+                    views=["neuron_influence", "regime_summary"])
+    fit = summary(con, token_class="rare")
+    assert fit["has_plateau"] is False
+    assert (fit["plateau_size"], fit["plateau_fraction"], fit["plateau_end_rank"]) == (0, 0.0, None)
+    assert fit["power_law_slope"] == pytest.approx(-0.8, abs=0.05)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_power_law_with_decay_has_no_plateau(noise):
+    con = warehouse(ablation_rows(planted_influence(4096, 1, -1.0, 3000, noise=noise, seed=4)),
+                    views=["neuron_influence", "regime_summary"])
+    fit = summary(con, token_class="rare")
+    assert fit["has_plateau"] is False
+    assert fit["plateau_size"] == 0
+    assert abs(fit["decay_start_rank"] - 3000) <= 0.05 * 3000
+    assert fit["power_law_slope"] == pytest.approx(-1.0, abs=0.05)
+
+
+def test_regime_summary_filter_on_run_only_fits_that_run():
+    con = warehouse(ablation_rows(PLATEAU_CURVE, run_id="a", neurons=range(16)),
+                    ablation_rows(POWER_LAW_CURVE, run_id="b", neurons=range(16)),
+                    views=["neuron_influence", "regime_summary"])
+    assert con.sql("select run_id, plateau_size from regime_summary where run_id = 'a'").fetchall() == [("a", 4)]
+
+
+# ---- influence_regimes -----------------------------------------------------------------------
+
+def test_influence_regimes_labels_every_neuron_with_its_regime():
+    con = warehouse(ablation_rows(PLATEAU_CURVE, neurons=range(100, 116)),
+                    ablation_rows(POWER_LAW_CURVE, token_class="common", neurons=range(16)),
+                    views=["neuron_influence", "regime_summary", "influence_regimes"])
+    got = con.sql("select token_class, neuron, rank, regime from influence_regimes "
+                  "where token_class = 'rare' order by rank").fetchall()
+    assert got == [("rare", 100 + i, i + 1, "plateau" if i < 4 else "power_law" if i < 12 else "decay")
+                   for i in range(16)]
+    common = con.sql("select list(regime order by rank) from influence_regimes where token_class = 'common'")
+    assert common.fetchall()[0][0] == ["power_law"] * 3 + ["decay"] * 13
+
+
+# ---- regime_dynamics -------------------------------------------------------------------------
+
+def test_regime_dynamics_sets_rare_beside_common_and_each_step_beside_step0():
+    con = warehouse(
+        ablation_rows(POWER_LAW_CURVE, step=0, neurons=range(16)),
+        ablation_rows(POWER_LAW_CURVE, step=0, token_class="common", neurons=range(16)),
+        ablation_rows(PLATEAU_CURVE, step=10, neurons=range(16)),
+        ablation_rows(POWER_LAW_CURVE, step=10, token_class="common", neurons=range(16)),
+        views=["neuron_influence", "regime_summary", "regime_dynamics"],
+    )
+    con.execute("insert into runs (run_id, model, family) values ('run', 'tiny-neox', 'gpt_neox')")
+    con.execute("insert into checkpoints (run_id, step, tokens_seen) values ('run', 0, 0), ('run', 10, 5120)")
+    got = con.sql("""select run_id, model, family, layer, sign, step, tokens_seen, training_progress, baseline_step,
+                            has_plateau_rare, has_plateau_common, plateau_size_rare, plateau_size_common,
+                            plateau_fraction_rare, plateau_fraction_common, plateau_fraction_gap,
+                            plateau_fraction_rare_step0, plateau_fraction_rare_vs_step0
+                     from regime_dynamics order by step""").fetchall()
+    assert got == [
+        ("run", "tiny-neox", "gpt_neox", 0, "boost", 0, 0, 0.0, 0, False, False, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        ("run", "tiny-neox", "gpt_neox", 0, "boost", 10, 5120, 1.0, 0, True, False, 4, 0, 0.25, 0.0, 0.25, 0.0,
+         0.25),
+    ]
+    lifts = con.sql("select plateau_lift_rare, plateau_lift_rare_step0, plateau_lift_rare_vs_step0, "
+                    "plateau_lift_gap, plateau_lift_gap_step0, plateau_lift_gap_vs_step0 "
+                    "from regime_dynamics where step = 10").fetchall()[0]
+    # step 0's exact power law lies on its own extrapolation: lift 0, for rare and common alike
+    lift = math.log(24) / 4 - math.log(2)
+    assert lifts == pytest.approx((lift, 0.0, lift, lift, 0.0, lift), abs=1e-12)
+
+
+# ---- neuron_groups ---------------------------------------------------------------------------
+
+def hand_written_layer() -> list[pl.DataFrame]:
+    """Layer of 16 neurons: the rare boost curve has its 4-neuron plateau on neurons 15..12;
+    on all targets neurons 0..9 boost (0 most) and 10..15 suppress (15 most)."""
+    return [
+        ablation_rows(PLATEAU_CURVE, neurons=range(15, -1, -1)),
+        ablation_rows([1.0 / (i + 1) for i in range(10)], token_class="all", neurons=range(10)),
+        ablation_rows([1.0 / (16 - i) for i in range(10, 16)], token_class="all", sign=-1.0,
+                      neurons=range(10, 16)),
+    ]
+
+
+def test_neuron_groups_on_a_hand_written_layer():
+    con = warehouse(*hand_written_layer())
+    groups = {name: neurons for name, neurons in con.sql(
+        "select group_name, list(neuron order by neuron) from neuron_groups group by all").fetchall()}
+    assert groups.keys() == {"plateau", "top_boost_k", "top_suppress_k"} | {f"random_{j}" for j in range(1, 6)}
+    assert groups["plateau"] == [12, 13, 14, 15]
+    assert groups["top_boost_k"] == [0, 1, 2, 3]
+    assert groups["top_suppress_k"] == [12, 13, 14, 15]
+    for j in range(1, 6):
+        control = groups[f"random_{j}"]
+        assert len(control) == 4 and len(set(control)) == 4
+        assert set(control) <= set(range(12))          # drawn from outside the plateau
+    assert len({tuple(groups[f"random_{j}"]) for j in range(1, 6)}) > 1
+    assert con.sql("select distinct run_id, step, layer from neuron_groups").fetchall() == [("run", 0, 0)]
+
+
+def test_neuron_groups_without_plateau_use_k_10_and_no_plateau_group():
+    con = warehouse(ablation_rows(planted_influence(200, 1, -1.0, 150, seed=1)),
+                    ablation_rows(planted_influence(200, 1, -1.0, 150, seed=2), token_class="all"))
+    sizes = dict(con.sql("select group_name, count(*) from neuron_groups group by all").fetchall())
+    assert sizes == {"top_boost_k": 10, **{f"random_{j}": 10 for j in range(1, 6)}}
+
+
+GROUPS_QUERY = "select * from neuron_groups order by all"
+
+
+def test_neuron_groups_are_the_same_in_another_process(tmp_path):
+    frames = [ablation_rows(planted_influence(300, 8, -1.0, 250, seed=s), step=s) for s in range(3)]
+    con = warehouse(*frames)
+    here = con.sql(GROUPS_QUERY).fetchall()
+    assert here == warehouse(*frames).sql(GROUPS_QUERY).fetchall()
+    parquet = tmp_path / "ablation_deltas.parquet"
+    pl.concat(frames).write_parquet(parquet)
+    script = (
+        "import duckdb, polars as pl, sql\n"
+        "con = duckdb.connect(); sql.create_tables(con)\n"
+        f"con.execute(\"insert into ablation_deltas by name select * from read_parquet('{parquet}')\")\n"
+        "sql.apply_views(con)\n"
+        f"print(repr(con.sql({GROUPS_QUERY!r}).fetchall()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == repr(here)
+
+
+# ---- grain -----------------------------------------------------------------------------------
+
+GRAINS = {
+    "token_classes": ["corpus_id", "token_id"],
+    "neuron_influence": ["run_id", "step", "layer", "token_class", "sign", "neuron"],
+    "regime_summary": ["run_id", "step", "layer", "token_class", "sign"],
+    "influence_regimes": ["run_id", "step", "layer", "token_class", "sign", "neuron"],
+    "regime_dynamics": ["run_id", "layer", "sign", "step"],
+    "neuron_groups": ["run_id", "step", "layer", "group_name", "neuron"],
+}
+
+
+@pytest.fixture(scope="module")
+def two_runs():
+    frames = []
+    for run_id in ["a", "b"]:
+        for step in [0, 100, 1000]:
+            for token_class, plateau in [("rare", 12), ("common", 1), ("all", 4)]:
+                influence = planted_influence(400, plateau, -1.0, 300, noise=0.02, seed=step)
+                signs = np.where(np.random.default_rng(step + 1).random(400) < 0.7, 1.0, -1.0)
+                frames.append(ablation_rows(influence * signs, run_id=run_id, step=step, token_class=token_class))
+    con = warehouse(*frames)
+    con.execute("insert into token_frequencies select 'c', i, 't' || i, (1000 / (i + 1))::bigint from range(50) t(i)")
+    return con
+
+
+@pytest.mark.parametrize("view", list(GRAINS))
+def test_view_grain_is_unique(two_runs, view):
+    keys = ", ".join(GRAINS[view])
+    rows, distinct = two_runs.sql(f"select count(*), count(distinct ({keys})) from {view}").fetchall()[0]
+    assert rows > 0 and rows == distinct
+
+
+# ---- analyses/regimes.py ---------------------------------------------------------------------
+
+def test_python_robust_fit_agrees_with_sql_on_planted_curves():
+    con = warehouse(
+        ablation_rows(planted_influence(4096, 70, -1.0, 3000, noise=0.02, seed=5)),
+        ablation_rows(planted_influence(2048, 40, -0.7, 1500, noise=0.0), step=1),
+        views=["neuron_influence", "regime_summary"],
+    )
+    fits = regimes.compute(con, "run")["analysis_regime_fits"].sort("step")
+    assert fits.height == 2
+    for fit in fits.iter_rows(named=True):
+        assert fit["agrees_with_sql"] and fit["sql_has_plateau"]
+        assert abs(fit["plateau_end_rank"] - fit["sql_plateau_end_rank"]) <= 0.10 * fit["sql_plateau_end_rank"]
+        assert abs(fit["decay_start_rank"] - fit["sql_decay_start_rank"]) <= 0.10 * fit["sql_decay_start_rank"]
+    assert fits["power_law_slope"].to_list() == pytest.approx([-1.0, -0.7], abs=0.05)
+
+
+def test_analysis_regime_fits_fill_their_table():
+    con = warehouse(ablation_rows(planted_influence(400, 10, -1.0, 300), run_id="a"),
+                    ablation_rows(planted_influence(400, 1, -1.0, 300), run_id="a", token_class="common"),
+                    ablation_rows(planted_influence(400, 10, -1.0, 300), run_id="b"),
+                    views=["neuron_influence", "regime_summary"])
+    fits = regimes.compute(con, "a")["analysis_regime_fits"]
+    con.register("_fits", fits.to_arrow())
+    con.execute("insert into analysis_regime_fits by name select * from _fits")
+    got = con.sql("select run_id, token_class, sign, n_neurons, sql_has_plateau, agrees_with_sql, "
+                  "plateau_end_rank, sql_plateau_end_rank from analysis_regime_fits order by token_class").fetchall()
+    assert [row[:5] for row in got] == [("a", "common", "boost", 400, False), ("a", "rare", "boost", 400, True)]
+    rare = got[1]
+    assert rare[5] is True and abs(rare[6] - 10) <= 1 and abs(rare[7] - 10) <= 1
