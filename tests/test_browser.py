@@ -1,0 +1,158 @@
+"""The explorer in a real browser: `rtn app` on a free local port, Debian's Chromium driven by
+Playwright, every page opened, its charts waited for, screenshotted and timed.
+
+    pytest -m browser -s tests/test_browser.py                         # tiny warehouse built here
+    RTN_APP_WAREHOUSE=demo.duckdb pytest -m browser -s tests/test_browser.py   # time it on the demo
+    RTN_SCREENSHOTS=docs pytest -m browser tests/test_browser.py       # also writes docs/influence.png
+
+Skips when Chromium (`apt-get install chromium`; another binary: RTN_CHROMIUM=PATH) or the playwright
+package is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from test_app import build_app_warehouse
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("RTN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# the charts each page draws at least (SQL draws a table)
+PAGES = {"Runs": 1, "Influence": 4, "Dynamics": 1, "Geometry & modularity": 2, "Spectra": 2, "Heads": 2,
+         "Neuron": 4, "SQL": 0}
+MAX_LOAD_S = float(os.environ.get("RTN_MAX_PAGE_LOAD_S", "2.0"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(browser, tmp_path_factory):
+    """Yields the URL of `rtn app` serving the demo warehouse ($RTN_APP_WAREHOUSE) or a tiny one."""
+    given = os.environ.get("RTN_APP_WAREHOUSE")
+    warehouse = Path(given) if given else build_app_warehouse(tmp_path_factory.mktemp("browser_warehouse"))
+    port = free_port()
+    log = tmp_path_factory.mktemp("app_log") / "app.log"
+    with open(log, "w") as out:
+        # a session of its own: `rtn app` runs streamlit as a child, and both must go at the end
+        app = subprocess.Popen([sys.executable, "-m", "rtn.cli", "app", "--warehouse", str(warehouse),
+                                "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            assert app.poll() is None, f"rtn app exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"rtn app did not come up:\n{log.read_text()[-3000:]}"
+            time.sleep(0.25)
+        yield url
+    finally:
+        os.killpg(app.pid, signal.SIGTERM)
+        try:
+            app.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(app.pid, signal.SIGKILL)
+
+
+PAGE_READY = """([title, n]) => {
+    // the page's title is up, nothing of the previous page is left (stale), its charts are drawn
+    const heading = [...document.querySelectorAll('h1')].some(h => h.textContent.trim() === title);
+    const stale = document.querySelectorAll('[data-stale="true"]').length;
+    const charts = document.querySelectorAll('.vega-embed canvas.marks, .vega-embed svg.marks').length;
+    const table = document.querySelectorAll('[data-testid="stDataFrame"]').length;
+    return heading && !stale && (n ? charts >= n : table > 0);
+}"""
+
+
+def wait_until_drawn(page, name: str, n_charts: int) -> None:
+    try:
+        page.wait_for_function(PAGE_READY, arg=[name, n_charts], timeout=60_000, polling=20)
+    except Exception as err:
+        drawn = page.locator(".vega-embed canvas.marks, .vega-embed svg.marks").count()
+        raise AssertionError(f"{name}: {drawn} of {n_charts} charts drawn after 60 s") from err
+    assert page.locator('[data-testid="stException"]').count() == 0, f"{name} raised an exception"
+
+
+def open_by_url(page, url: str, name: str, n_charts: int) -> float:
+    """Returns the seconds from loading ?page=name in a fresh tab state until the page is drawn."""
+    started = time.perf_counter()
+    page.goto(f"{url}/?page={quote(name)}")
+    wait_until_drawn(page, name, n_charts)
+    return time.perf_counter() - started
+
+
+def open_by_sidebar(page, name: str, n_charts: int) -> float:
+    """Returns the seconds from clicking `name` in the sidebar until the page is drawn."""
+    started = time.perf_counter()
+    page.locator('[data-testid="stSidebar"] label').filter(has_text=name).first.click()
+    wait_until_drawn(page, name, n_charts)
+    return time.perf_counter() - started
+
+
+def test_every_page_draws_its_charts_quickly_in_chromium(browser, app_url, tmp_path_factory):
+    shots = tmp_path_factory.mktemp("screenshots")
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    open_by_url(page, app_url, "SQL", PAGES["SQL"])   # the first visit fetches Streamlit's scripts: no page's cost
+    timings = {}
+    for name, n_charts in PAGES.items():   # nothing of a page is cached until its first visit
+        timings[name] = {"first_s": round(open_by_sidebar(page, name, n_charts), 3)}
+        page.wait_for_timeout(300)   # let vega finish its transitions before the picture
+        page.screenshot(path=str(shots / f"{name.split()[0].lower()}.png"))
+        if name == "Influence" and os.environ.get("RTN_SCREENSHOTS") == "docs":
+            (ROOT / "docs").mkdir(exist_ok=True)
+            page.screenshot(path=str(ROOT / "docs" / "influence.png"))
+    for name, n_charts in PAGES.items():   # again: from the app's result cache
+        timings[name]["cached_s"] = round(open_by_sidebar(page, name, n_charts), 3)
+    for name, n_charts in PAGES.items():   # a deep link: the whole Streamlit page reloads
+        timings[name]["url_s"] = round(open_by_url(page, app_url, name, n_charts), 3)
+    page.close()
+    (shots / "timings.json").write_text(json.dumps(timings, indent=1))
+    print(f"\npage load times (s), screenshots in {shots}:\n"
+          + "\n".join(f"  {name:24s} {t}" for name, t in timings.items()))
+    slow = {name: t["first_s"] for name, t in timings.items() if t["first_s"] >= MAX_LOAD_S}
+    assert not slow, f"pages slower than {MAX_LOAD_S} s on their first visit: {slow}"
+
+
+def test_sql_page_refuses_a_write_in_the_browser(browser, app_url):
+    page = browser.new_page()
+    open_by_url(page, app_url, "SQL", 0)
+    box = page.get_by_role("textbox", name="SQL")
+    box.fill("drop table runs")
+    box.press("Control+Enter")
+    page.get_by_text("Refused").wait_for(timeout=30_000)
+    assert "read-only" in page.locator('[data-testid="stAlert"]').first.inner_text()
+    page.close()
