@@ -9,12 +9,16 @@ import torch. `rtn analyze [--run NAME]` runs them all:
 from __future__ import annotations
 
 import importlib
+from datetime import datetime, timezone
 import sys
 import time
 from pathlib import Path
 
+import polars as pl
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+import rtn
 from rtn import warehouse
 
 # Each module exposes compute(con, run_id) -> {analysis table: polars rows of that run}.
@@ -28,8 +32,22 @@ def available_modules() -> list[str]:
     return [name for name in MODULES if (here / f"{name.split('.')[-1]}.py").exists()]
 
 
-def run_analyses(path, run_id: str | None = None, log=print) -> dict[str, int]:
-    """Recomputes every analysis table for one run (or all runs); returns rows written per table."""
+def _steps(con, run: str) -> list[int]:
+    return [r[0] for r in con.execute(
+        "select step from checkpoints where run_id = ? and status = 'done' order by step", [run]).fetchall()]
+
+
+def _up_to_date(con, run: str) -> bool:
+    """Returns True when the run's analyses were computed by this code over its current steps."""
+    row = con.execute("select steps, code_version from analysis_runs where run_id = ?", [run]).fetchone()
+    return row is not None and list(row[0]) == _steps(con, run) and row[1] == rtn.__version__
+
+
+def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = False) -> dict[str, int]:
+    """Recomputes every analysis table for one run (or all runs); returns rows written per table.
+
+    only_stale skips runs whose analyses already cover every ingested step (`rtn demo` re-runs).
+    """
     with warehouse.writing(path):   # applies the current views and tables before reading
         pass
     with warehouse.reading(path) as con:
@@ -40,14 +58,25 @@ def run_analyses(path, run_id: str | None = None, log=print) -> dict[str, int]:
     written: dict[str, int] = {}
     started = time.perf_counter()
     for run in [run_id] if run_id else runs:
-        results = {}
+        run_started = time.perf_counter()
         with warehouse.reading(path) as con:
+            if only_stale and _up_to_date(con, run):
+                log(f"analyses of run {run} are up to date; `rtn analyze --run {run}` recomputes them")
+                continue
+            steps = _steps(con, run)
+        results = {}
+        # Small dense problems: a multi-threaded BLAS only fights over the cores (~100x slower fits here).
+        with warehouse.reading(path) as con, threadpool_limits(limits=1, user_api="blas"):
             for name in tqdm(available_modules(), desc=f"analyze {run}", file=sys.stderr, disable=None):
                 results.update(importlib.import_module(name).compute(con, run))
         with warehouse.writing(path) as con:
             for table, rows in results.items():
                 warehouse.replace_rows(con, table, rows, run_id=run)
                 written[table] = written.get(table, 0) + rows.height
-    log(f"analyses: {', '.join(f'{t} {n} rows' for t, n in written.items()) or 'none'} "
-        f"in {time.perf_counter() - started:.1f} s")
+            warehouse.replace_rows(con, "analysis_runs", pl.DataFrame([{
+                "run_id": run, "steps": steps, "code_version": rtn.__version__,
+                "seconds": time.perf_counter() - run_started,
+                "analyzed_at": datetime.now(timezone.utc).replace(tzinfo=None)}]), run_id=run)
+    if written:
+        log(f"analyses: {', '.join(f'{t} {n} rows' for t, n in written.items())} in {time.perf_counter() - started:.1f} s")
     return written

@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--sample-neurons", type=int, default=8, help="neurons timed on the slow paths")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--profile-ingest", metavar="MODEL_DIR", default=None,
+                       help="ingest MODEL_DIR into a temporary warehouse and print each stage's wall time")
+    bench.add_argument("--checkpoints", default="all", help="with --profile-ingest: which checkpoints (default all)")
+    bench.add_argument("--corpus", default=None,
+                       help="with --profile-ingest: corpus SPEC (default MODEL_DIR/corpus.jsonl, else synthetic)")
+    bench.add_argument("--precision", default=None, help="with --profile-ingest: float64 or float32 ablation arithmetic")
+    bench.add_argument("--save-family", metavar="DIR", default=None,
+                       help="write --family-size random checkpoints of --shape, a corpus and a tokenizer to DIR")
+    bench.add_argument("--family-size", type=int, default=8, help="checkpoints written by --save-family")
     return parser
 
 
@@ -98,11 +107,12 @@ def cmd_query(args) -> None:
 
 
 def cmd_app(args) -> None:
-    import subprocess
     app = Path(__file__).resolve().parent.parent / "app.py"
-    env = dict(os.environ, RTN_WAREHOUSE=str(Path(args.warehouse).resolve()))
-    raise SystemExit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
-                                      "--server.port", str(args.port), "--browser.gatherUsageStats", "false"], env=env))
+    os.environ["RTN_WAREHOUSE"] = str(Path(args.warehouse).resolve())
+    # exec, not a child process: stopping `rtn app` must stop the server too
+    os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+                              "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
+                              "--client.toolbarMode", "viewer"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def run_demo(path: Path, log=print) -> None:
     warehouse.check_writable(Path(path))
     assets = ensure_demo()
     ingest(demo_config(assets), path, log=log)
-    run_analyses(path, DEMO_RUN, log=log)
+    run_analyses(path, DEMO_RUN, log=log, only_stale=True)
     log(summary(path))
     log(f"demo ready in {time.perf_counter() - started:.0f} s. Next:\n"
         f"  rtn query \"select step, token_class, plateau_size, plateau_fraction, power_law_slope, has_plateau "

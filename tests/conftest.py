@@ -118,6 +118,7 @@ def table_contents(path, ignore=("ingested_at", "created_at", "stage_seconds")):
         cols = [r[0] for r in con.execute(
             "select column_name from information_schema.columns where table_name = ? order by ordinal_position",
             [table]).fetchall() if r[0] not in ignore]
-        out[table] = sorted(con.execute(f"select {', '.join(cols)} from {table}").fetchall(), key=repr)
+        rows = con.execute(f"select {', '.join(cols)} from {table}").fetchall()
+        out[table] = sorted((tuple("NaN" if v != v else v for v in row) for row in rows), key=repr)  # NaN != NaN
     con.close()
     return out
