@@ -6,16 +6,34 @@ With c = mu(i) - a(t, i), the ablated final residual is r(t) + c * w(i), so (DES
     s(t, i)^2 = (|r~|^2 + 2 c r~.w~ + c^2 |w~|^2) / d + eps
     logits'(t, i) = (A(t) + c B(i)) / s(t, i) + b,    b = W_U beta + b_U
 
-r~, w~ are mean-centred for LayerNorm and left as they are for RMSNorm. Work is chunked so
-that no more than `budget` elements of the [tokens, neurons, vocabulary] tensor exist at once.
-A group of neurons uses the same formula with c B(i) replaced by sum_j c(j) B(j).
+r~, w~ are mean-centred for LayerNorm and left as they are for RMSNorm. Single neurons are
+computed in base 2 with a per-token shift folded into A (AblationTerms): two FMAs, one exp2
+and one add per token x neuron x vocabulary entry, the exp being the floor for an exact
+answer. On CPU the work is chunked so that no more than `budget` elements of the [tokens,
+neurons, vocabulary] tensor exist at once, the chunks spread over one Python thread per core;
+large problems run a torch.compile'd loop that writes none (_compiled_sums). On CUDA,
+ingest/ablation_triton.py runs the same AblationTerms in one fused Triton kernel. A group of
+neurons uses the same formula with c B(i) replaced by sum_j c(j) B(j) (group_deltas).
 """
 from __future__ import annotations
 
+import functools
+import math
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+LOG2E = 1.0 / math.log(2.0)    # exp(x) = 2^(x log2 e): exp2 is the cheaper instruction on CPUs and GPUs alike
+LN2 = math.log(2.0)
+COMPILE_MIN_ELEMENTS = 2e10    # tokens x neurons x vocabulary from which the CPU path compiles its fused loop
+COMPILED_NEURONS = 64          # neurons per call of the compiled loop (tokens: _compiled_block); fixed shapes compile once
+EAGER_CHUNK = 1 << 20          # elements of [tokens, neurons, V] per eager step: about what the caches hold
+SMALLEST_SUM = 2.0 ** -64      # an exp2 sum below this had its largest terms near float32's denormals: recompute
 
 
 @dataclass
@@ -69,6 +87,7 @@ class _Prepared:
     ww: torch.Tensor       # [n, n]  w~ . w~  (Gram of the neurons' centred output weights)
     B: torch.Tensor        # [n, V]  W_U (gamma * w~)
     loss: torch.Tensor     # [N]     clean loss
+    max_logit: torch.Tensor  # [N]   clean max logit
     d: int
 
 
@@ -82,7 +101,7 @@ def _prepare(resid, w_out, targets, readout) -> _Prepared:
     s = torch.sqrt(rr / r.shape[-1] + readout.eps)
     logits = A / s[:, None] + b
     loss = torch.logsumexp(logits, -1) - logits.gather(1, targets[:, None])[:, 0]
-    return _Prepared(A, b, rr, r @ w.T, w @ w.T, B, loss, r.shape[-1])
+    return _Prepared(A, b, rr, r @ w.T, w @ w.T, B, loss, logits.max(-1).values, r.shape[-1])
 
 
 def _ablated_loss(numer, scale, b, target_numer, target_b):
@@ -95,6 +114,186 @@ def _chunk(total: int, per_item: int, budget: int) -> int:
     return max(1, min(total, budget // max(1, per_item)))
 
 
+@dataclass
+class AblationTerms:
+    """The single-neuron formula in base 2, shifted so that no exponent overflows or underflows.
+
+    With x(t, i, v) = alpha(t, i) (A2[t, v] + c(t, i) B2[i, v]) + b2[v]:
+
+        ΔLoss(t, i) = ln sum_v 2^x(t, i, v) + offset(t, i)
+
+    x is the ablated logit times log2(e), minus alpha s0 M(t), where M(t) is the clean max logit
+    (base 2) and s0 the clean scale: the subtraction is folded into A2's rows, so at c = 0 the
+    largest term is exactly 2^0, and an ablation moves it only by its (small) effect. So the
+    sum needs no running max, and costs two FMAs, one exp2 and one add per element. It
+    overflows float32 only for effects beyond ~88 nats; recompute_overflows handles those.
+    """
+    A2: torch.Tensor       # [N, V] log2(e) W_U (gamma * r~(t)) - s0(t) M(t)
+    B2: torch.Tensor       # [k, V] log2(e) W_U (gamma * w~(i))
+    b2: torch.Tensor       # [V]    log2(e) (W_U beta + b_U)
+    c: torch.Tensor        # [N, k] mu(i) - a(t, i)
+    alpha: torch.Tensor    # [N, k] 1 / s(t, i)
+    offset: torch.Tensor   # [N, k] -(ln 2 x(t, i, target(t)) + clean loss(t))
+
+
+@torch.no_grad()
+def ablation_terms(resid, acts, mean_acts, w_out, targets, readout: Readout,
+                   neurons: torch.Tensor | None = None) -> AblationTerms:
+    """Returns the AblationTerms of mean-ablating each of `neurons` (default: all) alone."""
+    if neurons is None:
+        neurons = torch.arange(acts.shape[1], device=acts.device)
+    p = _prepare(resid, w_out[neurons], targets, readout)
+    c = mean_acts[neurons][None, :] - acts[:, neurons]            # [N, k]
+    alpha = torch.rsqrt((p.rr[:, None] + 2 * c * p.rw + c * c * p.ww.diagonal()) / p.d + readout.eps)  # [N, k]
+    s0 = torch.sqrt(p.rr / p.d + readout.eps)                     # [N] clean scale
+    A2 = p.A.mul_(LOG2E).sub_((s0 * p.max_logit * LOG2E)[:, None])   # in place: A is the largest tensor here
+    B2, b2 = p.B.mul_(LOG2E), p.b * LOG2E
+    rows = torch.arange(len(targets), device=targets.device)
+    x_target = alpha * (A2[rows, targets][:, None] + c * B2[:, targets].T) + b2[targets][:, None]   # [N, k]
+    return AblationTerms(A2, B2, b2, c, alpha, -(LN2 * x_target + p.loss[:, None]))
+
+
+def _exp2_sums(A2, B2, c, alpha, b2, acc_dtype: torch.dtype, work: torch.Tensor | None = None):
+    """Returns sum_v 2^(alpha (A2[t, v] + c B2[i, v]) + b2[v]) [T, K] for A2 [T, V], B2 [K, V].
+
+    `work` (at least T * K * V elements) is reused for the [T, K, V] exponents: a fresh buffer
+    of megabytes per call costs page faults that, on a small VM, take longer than the exps.
+    """
+    shape = (A2.shape[0], B2.shape[0], A2.shape[1])
+    x = torch.addcmul(A2[:, None, :], c[..., None], B2[None],
+                      out=None if work is None else work[:math.prod(shape)].view(shape))   # [T, K, V]
+    x.mul_(alpha[..., None]).add_(b2)
+    return x.exp2_().sum(-1, dtype=acc_dtype)
+
+
+def _compiled_sums(device: torch.device, elements: int):
+    """Returns the compiled _exp2_sums for a CPU problem of `elements` exps, or None to stay eager.
+
+    Inductor fuses it into one loop over the vocabulary (one exp2 per element, nothing written,
+    float64 accumulation), faster than the eager ops; compiling costs ~10-30 s once per
+    vocabulary size (cached on disk), so only large problems use it. RTN_COMPILE=0 never
+    compiles, RTN_COMPILE=1 always does.
+    """
+    wanted = os.environ.get("RTN_COMPILE", "auto")
+    if device.type != "cpu" or _compile_failed or wanted == "0" or (wanted != "1" and elements < COMPILE_MIN_ELEMENTS):
+        return None
+    return _compile_exp2_sums()
+
+
+_compile_failed = False   # set when compiling failed once: the process stays eager
+
+
+@functools.lru_cache(maxsize=1)
+def _compile_exp2_sums():
+    return torch.compile(_exp2_sums, dynamic=False, fullgraph=True)
+
+
+def warm_up_cpu(V: int, elements: int, dtype: torch.dtype = torch.float32) -> bool:
+    """Compiles the CPU loop now if a problem of `elements` exps with vocabulary V would use it; returns whether so.
+
+    Lets a timed run exclude the one-off compile.
+    """
+    fused = _compiled_sums(torch.device("cpu"), elements)
+    if fused is None:
+        return False
+    (T, K), zeros = _compiled_block(), lambda *shape: torch.zeros(shape, dtype=dtype)
+    return _call_fused(fused, zeros(T, V), zeros(K, V), zeros(T, K), zeros(T, K), zeros(V)) is not None
+
+
+def _compiled_block() -> tuple[int, int]:
+    """Returns (tokens, neurons) per compiled call: 8 token rows per core, which OpenMP splits between them."""
+    return 8 * max(4, torch.get_num_threads()), COMPILED_NEURONS
+
+
+def _call_fused(fused, A2, B2, c, alpha, b2):
+    """Returns the compiled sums, or None (and stops compiling for the process) when compiling fails."""
+    global _compile_failed
+    try:
+        return fused(A2, B2, c.contiguous(), alpha.contiguous(), b2, torch.float64)
+    except Exception as err:   # no C++ compiler, an inductor bug: the eager ops give the same numbers
+        _compile_failed = True
+        warnings.warn(f"rtn: torch.compile of the ablation loop failed ({type(err).__name__}: {err}); using eager torch")
+        return None
+
+
+def _blocks(N: int, k: int, V: int, fused: bool, budget: int) -> list[tuple[slice, slice, bool]]:
+    """Returns (tokens, neurons, compiled?) blocks tiling [N, k]: whole compiled blocks, eager chunks around them."""
+    T, K = _compiled_block()
+    N_fused, k_fused = (N - N % T, k - k % K) if fused else (0, 0)
+    blocks = [(slice(t0, t0 + T), slice(j0, j0 + K), True)
+              for t0 in range(0, N_fused, T) for j0 in range(0, k_fused, K)]
+    for tokens, neurons in ((range(0, N_fused), range(k_fused, k)), (range(N_fused, N), range(0, k))):
+        if not len(tokens) or not len(neurons):
+            continue
+        tok_chunk = _chunk(len(tokens), len(neurons) * V, budget)
+        neu_chunk = _chunk(len(neurons), V, budget) if tok_chunk == 1 else len(neurons)
+        blocks += [(slice(t0, min(t0 + tok_chunk, tokens.stop)), slice(j0, min(j0 + neu_chunk, neurons.stop)), False)
+                   for t0 in range(tokens.start, tokens.stop, tok_chunk)
+                   for j0 in range(neurons.start, neurons.stop, neu_chunk)]
+    return blocks
+
+
+def _fused_blocks(fused, terms: AblationTerms, out: torch.Tensor, blocks) -> bool:
+    """Writes ΔLoss of the compiled blocks into `out`; returns False if compiling failed (nothing to trust then).
+
+    Called from the main thread: each call spreads its rows over the cores itself (OpenMP), and
+    holds the GIL, so Python threads would not run two at once.
+    """
+    for t, j, _ in blocks:
+        sums = _call_fused(fused, terms.A2[t], terms.B2[j], terms.c[t, j], terms.alpha[t, j], terms.b2)
+        if sums is None:
+            return False
+        out[t, j] = (_log_or_nan(sums) + terms.offset[t, j]).to(out.dtype)
+    return True
+
+
+def _eager_block(terms: AblationTerms, out: torch.Tensor, block, scratch: threading.local) -> None:
+    """Writes ΔLoss of one block into `out` with eager torch ops, reusing this thread's work buffer."""
+    t, j, _ = block
+    size = (t.stop - t.start) * (j.stop - j.start) * terms.A2.shape[1]
+    if getattr(scratch, "work", None) is None or scratch.work.numel() < size:
+        scratch.work = torch.empty(size, dtype=terms.A2.dtype, device=terms.A2.device)
+    sums = _exp2_sums(terms.A2[t], terms.B2[j], terms.c[t, j], terms.alpha[t, j], terms.b2, terms.A2.dtype, scratch.work)
+    out[t, j] = (_log_or_nan(sums) + terms.offset[t, j]).to(out.dtype)
+
+
+def _on_threads(device: torch.device, items: list, fn) -> None:
+    """Calls fn on every item: on CPU from one Python thread per core, each running torch single-threaded.
+
+    Thousands of small eager blocks, each split across cores by OpenMP, stall at every barrier
+    when the machine is shared (a descheduled thread holds up the others); whole blocks per
+    thread do not, and eager torch ops release the GIL.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or len(items) < 2:
+        for item in items:
+            fn(item)
+        return
+
+    def single_threaded(item):
+        torch.set_num_threads(1)   # sets this thread's OpenMP team size too
+        fn(item)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(single_threaded, items))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _log_or_nan(sums: torch.Tensor) -> torch.Tensor:
+    """Returns ln(sums), NaN where a sum is below SMALLEST_SUM (its terms lost precision as denormals or zeros)."""
+    return torch.where(sums >= SMALLEST_SUM, torch.log(sums), float("nan"))
+
+
+def recompute_overflows(terms: AblationTerms, out: torch.Tensor) -> None:
+    """Recomputes with a max-shifted logsumexp the entries of `out` left non-finite: sums that overflowed or underflowed."""
+    bad = (~torch.isfinite(out)).nonzero()                        # [m, 2] (token, neuron)
+    for pairs in bad.split(64):
+        t, i = pairs[:, 0], pairs[:, 1]
+        x = terms.alpha[t, i, None] * (terms.A2[t] + terms.c[t, i, None] * terms.B2[i]) + terms.b2   # [m, V]
+        out[t, i] = (torch.logsumexp(x * LN2, -1) + terms.offset[t, i]).to(out.dtype)
+
+
 @torch.no_grad()
 def neuron_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
                   neurons: torch.Tensor | None = None, budget: int = 1 << 24) -> torch.Tensor:
@@ -102,29 +301,23 @@ def neuron_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
 
     resid [N, d] final residual (input of the final norm), acts [N, n] activations of the
     studied layer, mean_acts [n] the ablation means, w_out [n, d] the neurons' output weights,
-    targets [N] the token predicted at each position.
+    targets [N] the token predicted at each position. At most `budget` elements of the
+    [tokens, neurons, vocabulary] tensor exist at once (none on the compiled path).
     """
-    if neurons is None:
-        neurons = torch.arange(acts.shape[1], device=acts.device)
-    p = _prepare(resid, w_out[neurons], targets, readout)
-    c = mean_acts[neurons][None, :] - acts[:, neurons]            # [N, k]
-    ww = p.ww.diagonal()                                          # [k]
-    scale = torch.sqrt((p.rr[:, None] + 2 * c * p.rw + c * c * ww) / p.d + readout.eps)  # [N, k]
-    N, k = c.shape
-    V = p.B.shape[1]
+    terms = ablation_terms(resid, acts, mean_acts, w_out, targets, readout, neurons)
+    (N, k), V = terms.c.shape, terms.A2.shape[1]
     out = torch.empty(N, k, dtype=resid.dtype, device=resid.device)
-    tok_chunk = _chunk(N, k * V, budget)
-    neu_chunk = _chunk(k, V, budget) if tok_chunk == 1 else k
-    A_tgt = p.A.gather(1, targets[:, None])[:, 0]                 # [N]
-    B_tgt = p.B[:, targets].T                                     # [N, k]
-    b_tgt = p.b[targets]                                          # [N]
-    for t0 in range(0, N, tok_chunk):
-        t = slice(t0, t0 + tok_chunk)
-        for j0 in range(0, k, neu_chunk):
-            j = slice(j0, j0 + neu_chunk)
-            numer = p.A[t, None, :] + c[t, j, None] * p.B[None, j, :]         # [T, K, V]
-            target_numer = A_tgt[t, None] + c[t, j] * B_tgt[t, j]             # [T, K]
-            out[t, j] = _ablated_loss(numer, scale[t, j], p.b, target_numer, b_tgt[t, None]) - p.loss[t, None]
+    fused = _compiled_sums(resid.device, N * k * V)
+    if fused is not None and not warm_up_cpu(V, N * k * V, terms.A2.dtype):
+        fused = None
+    if resid.device.type == "cpu":
+        budget = min(budget, EAGER_CHUNK)
+    blocks = _blocks(N, k, V, fused is not None, budget)
+    if not _fused_blocks(fused, terms, out, [b for b in blocks if b[2]]):
+        blocks = _blocks(N, k, V, False, budget)                  # compiling failed midway: all eager
+    scratch = threading.local()                                   # one work buffer per thread
+    _on_threads(resid.device, [b for b in blocks if not b[2]], lambda b: _eager_block(terms, out, b, scratch))
+    recompute_overflows(terms, out)
     return out
 
 

@@ -133,5 +133,13 @@ def weight_spectra(model, adapter) -> pl.DataFrame:
 
 
 def ablate_all(resid, acts, mean_acts, w_out, targets, readout) -> torch.Tensor:
-    """Returns per-position ΔLoss [M, n] of every neuron: the fused kernel on CUDA, chunked torch elsewhere."""
+    """Returns per-position ΔLoss [M, n] of every neuron: the fused Triton kernel on CUDA, chunked torch elsewhere.
+
+    The kernel's arithmetic is float32, so float64 inputs (--precision float64) stay on the
+    torch path, on whatever device they are.
+    """
+    if resid.is_cuda and resid.dtype == torch.float32:
+        from ingest import ablation_triton   # imports triton only when called
+        if ablation_triton.available():
+            return ablation_triton.neuron_deltas_triton(resid, acts, mean_acts, w_out, targets, readout)
     return neuron_deltas(resid, acts, mean_acts, w_out, targets, readout)
