@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import zlib
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import nullcontext
@@ -31,7 +32,7 @@ class ModularityConfig:
     seed: int = 0              # seeds the null groups, together with run, step, layer and size
     louvain_seed: int = 0      # networkx louvain_communities seed, fixed so Q is reproducible
     resolution: float = 1.0    # Louvain and modularity resolution (1 = Newman's modularity)
-    workers: int = 0           # processes running the null Louvain fits; 0 = one per available core
+    workers: int = 0           # processes running the null Louvain fits; 0 = one per core where forking is safe
     pool_min_size: int = 24    # smaller groups stay in-process: a worker pool costs ~1 s to start
 
 
@@ -163,9 +164,13 @@ def compute(con, run_id: str, config: ModularityConfig | None = None) -> dict[st
         "where run_id = ?", params=[run_id]).pl()
     largest = 2 * max((len(n) for n in groups["neurons"]), default=0)   # a union graph at most
     workers = _worker_count(config)
-    use_pool = workers > 1 and config.n_null > 1 and largest >= config.pool_min_size
+    # fork, not spawn: spawn re-runs the host's __main__ (a Streamlit page, a notebook, a pytest run).
+    # A process that loaded torch keeps its OpenMP threads, which a fork would inherit half-locked.
+    # So `workers=0` (auto) pools only in a process without torch, e.g. `rtn analyze`; an explicit count always does.
+    forkable = "fork" in multiprocessing.get_all_start_methods() and (config.workers > 0 or "torch" not in sys.modules)
+    use_pool = forkable and workers > 1 and config.n_null > 1 and largest >= config.pool_min_size
     # spawn, not fork: the parent holds a DuckDB connection and its threads
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if use_pool else None
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if use_pool else None
     summary, communities = [], []
     with pool or nullcontext():
         for (step, layer), layer_groups in groups.group_by(["step", "layer"], maintain_order=True):

@@ -325,18 +325,33 @@ def neuron_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
 def group_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
                  group: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
     """Returns per-position ΔLoss [N] of mean-ablating all neurons of `group` at once."""
-    p = _prepare(resid, w_out[group], targets, readout)
-    c = mean_acts[group][None, :] - acts[:, group]                # [N, k]
-    # |r~ + sum_j c_j w~_j|^2 = |r~|^2 + 2 sum_j c_j r~.w~_j + c^T (W~ W~^T) c
-    sq = p.rr + 2 * (c * p.rw).sum(-1) + ((c @ p.ww) * c).sum(-1)
-    scale = torch.sqrt(sq / p.d + readout.eps)                    # [N]
+    return groups_deltas(resid, acts, mean_acts, w_out, targets, readout, [group], budget)[:, 0]
+
+
+@torch.no_grad()
+def groups_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
+                  groups: list[torch.Tensor], budget: int = 1 << 24) -> torch.Tensor:
+    """Returns per-position ΔLoss [N, G] of mean-ablating each group's neurons together.
+
+    The token side (A, the clean loss) is computed once for all groups.
+    """
+    members = torch.unique(torch.cat([g.reshape(-1) for g in groups]))             # neurons in any group
+    p = _prepare(resid, w_out[members], targets, readout)
+    column = {int(neuron): j for j, neuron in enumerate(members.tolist())}
     N, V = p.A.shape
-    out = torch.empty(N, dtype=resid.dtype, device=resid.device)
+    out = torch.empty(N, len(groups), dtype=resid.dtype, device=resid.device)
     tok_chunk = _chunk(N, V, budget)
-    for t0 in range(0, N, tok_chunk):
-        t = slice(t0, t0 + tok_chunk)
-        numer = p.A[t] + c[t] @ p.B                               # [T, V]
-        tgt = targets[t]
-        target_numer = numer.gather(1, tgt[:, None])[:, 0]
-        out[t] = _ablated_loss(numer, scale[t], p.b, target_numer, p.b[tgt]) - p.loss[t]
+    for g, group in enumerate(groups):
+        cols = torch.tensor([column[int(i)] for i in group.reshape(-1).tolist()], device=acts.device)
+        c = mean_acts[group][None, :] - acts[:, group]                # [N, k]
+        # |r~ + sum_j c_j w~_j|^2 = |r~|^2 + 2 sum_j c_j r~.w~_j + c^T (W~ W~^T) c
+        sq = p.rr + 2 * (c * p.rw[:, cols]).sum(-1) + ((c @ p.ww[cols][:, cols]) * c).sum(-1)
+        scale = torch.sqrt(sq / p.d + readout.eps)                    # [N]
+        B = p.B[cols]                                                 # [k, V]
+        for t0 in range(0, N, tok_chunk):
+            t = slice(t0, t0 + tok_chunk)
+            numer = p.A[t] + c[t] @ B                                 # [T, V]
+            tgt = targets[t]
+            target_numer = numer.gather(1, tgt[:, None])[:, 0]
+            out[t, g] = _ablated_loss(numer, scale[t], p.b, target_numer, p.b[tgt]) - p.loss[t]
     return out

@@ -18,7 +18,7 @@ class IngestConfig:
     seq_len: int = 128                  # length of each evaluated sequence
     layer: int = -1                     # studied MLP layer, 0-based block index; negative counts from the end
     device: str = "auto"                # auto (cuda when available), cpu or cuda
-    precision: str = "float64"          # arithmetic of the ablation formula: float64 or float32
+    precision: str = "auto"             # ablation arithmetic: float64, float32, or auto (float64 on CPU, float32 + the fused kernel on CUDA)
     rare_threshold: float = 0.5         # a type is rare below this percentile of types by count
     class_by: str = "target"            # class of a prediction: the predicted token (target) or the input token
     n_samples: int = 512                # positions kept per neuron in activation_samples (half rare when possible)

@@ -57,7 +57,8 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     adapter = adapters.adapter_for(model)
     layer = adapters.resolve_layer(model, adapter, config.layer)
     device = next(model.parameters()).device
-    dtype = torch.float64 if config.precision == "float64" else torch.float32
+    precision = config.precision if config.precision != "auto" else ("float32" if device.type == "cuda" else "float64")
+    dtype = torch.float64 if precision == "float64" else torch.float32
     with timer("forward"):
         cap = capture(model, adapter, layer, data.input_ids, config.batch_size, keep_device=True)
     n_mlp = cap.acts.shape[-1]

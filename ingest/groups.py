@@ -17,7 +17,7 @@ import polars as pl
 import torch
 
 import sql
-from ingest.ablation import Readout, group_deltas
+from ingest.ablation import Readout, groups_deltas
 from rtn import warehouse
 
 TOP_KS = tuple(range(1, 11))   # sizes of the top-k rare-boost prefixes ablated jointly
@@ -81,13 +81,16 @@ def group_ablation_rows(groups: pl.DataFrame, resid: torch.Tensor, acts: torch.T
     groups: (layer, group_name, k, neuron) from `ablation_groups`; resid [M, d], acts [M, n] and
     targets [M] at the included predictions; mean_acts [n]; w_out [n, d]; masks {token_class: [M]}.
     """
+    keyed = [(key, sorted(members["neuron"].to_list()))
+             for key, members in groups.group_by("layer", "group_name", "k", maintain_order=True)]
+    if not keyed:
+        return pl.DataFrame(schema=GROUP_ABLATION_SCHEMA)
+    joint = groups_deltas(resid, acts, mean_acts, w_out, targets, readout,
+                          [torch.tensor(neurons, device=acts.device) for _, neurons in keyed])   # [M, G]
     rows = []
-    for (layer, group_name, k), members in groups.group_by("layer", "group_name", "k", maintain_order=True):
-        neurons = sorted(members["neuron"].to_list())
-        joint = group_deltas(resid, acts, mean_acts, w_out, targets, readout,
-                             torch.tensor(neurons, device=acts.device))                # [M]
+    for g, ((layer, group_name, k), neurons) in enumerate(keyed):
         for name, mask in masks.items():
-            picked = joint[mask]
+            picked = joint[mask, g]
             n = picked.shape[0]
             rows.append({"layer": layer, "group_name": group_name, "k": k, "token_class": name,
                          "joint_delta": float(picked.mean()) if n else math.nan,

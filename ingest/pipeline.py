@@ -44,8 +44,8 @@ def _validate(config: IngestConfig) -> None:
         raise RtnError(f"--tokens {config.tokens} must be at least --seq-len {config.seq_len}, and --seq-len at least 5")
     if not 0 < config.rare_threshold < 1:
         raise RtnError(f"--rare-threshold {config.rare_threshold} must lie strictly between 0 and 1")
-    if config.precision not in ("float32", "float64"):
-        raise RtnError(f"--precision {config.precision} is not float32 or float64")
+    if config.precision not in ("auto", "float32", "float64"):
+        raise RtnError(f"--precision {config.precision} is not auto, float32 or float64")
     if config.class_by not in ("target", "input"):
         raise RtnError(f"--class-by {config.class_by} is not target or input")
 
@@ -99,6 +99,8 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     if config.corpus == "synthetic":
         from ingest.synthetic import ensure_demo
         corpus_spec = str(ensure_demo().corpus_path)
+    if sources.is_local(corpus_spec):
+        sources.corpus_files(corpus_spec)   # a missing corpus is named before anything else is loaded
     refs = sources.resolve_checkpoints(config.model, config.checkpoints)
     model_config = sources.load_config(refs[0])
     adapter = adapters.adapter_for_type(model_config.model_type)

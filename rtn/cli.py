@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--seq-len", type=int, default=defaults.seq_len)
     ing.add_argument("--layer", type=int, default=defaults.layer, help="studied MLP layer (-1 = last)")
     ing.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
-    ing.add_argument("--precision", default=defaults.precision, help="float64 or float32 ablation arithmetic")
+    ing.add_argument("--precision", default=defaults.precision, help="auto (float64 on CPU, float32 on CUDA), float64 or float32 ablation arithmetic")
     ing.add_argument("--rare-threshold", type=float, default=defaults.rare_threshold)
     ing.add_argument("--class-by", default=defaults.class_by, help="target (default) or input token's class")
     ing.add_argument("--samples", type=int, default=defaults.n_samples, help="positions kept in activation_samples")
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ana = sub.add_parser("analyze", help="recompute the analysis tables")
     ana.add_argument("--run", default=None, help="one run (default: every run)")
+    ana.add_argument("--stale-only", action="store_true",
+                     help="skip runs whose analyses already cover every ingested checkpoint")
     _add_warehouse(ana)
 
     query = sub.add_parser("query", help="read-only SQL against the warehouse")
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             ingest(_ingest_config(args), args.warehouse)
         elif args.command == "analyze":
             from analyses import run_analyses
-            run_analyses(args.warehouse, args.run)
+            run_analyses(args.warehouse, args.run, only_stale=args.stale_only)
         elif args.command == "query":
             cmd_query(args)
         elif args.command == "app":

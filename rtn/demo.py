@@ -1,10 +1,13 @@
 """`rtn demo`: the embedded default end to end, offline — corpus, tiny model, ingest, views, analyses."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from rtn import warehouse
+from rtn.errors import RtnError
 
 DEMO_RUN = "demo"
 SUMMARY_TABLES = ("checkpoints", "token_frequencies", "eval_tokens", "neuron_stats", "activation_samples",
@@ -20,7 +23,6 @@ def demo_config(assets):
 
 def run_demo(path: Path, log=print) -> None:
     """Builds (or completes) the demo warehouse at `path` and prints what to do next."""
-    from analyses import run_analyses
     from ingest.pipeline import ingest
     from ingest.synthetic import ensure_demo
 
@@ -28,7 +30,10 @@ def run_demo(path: Path, log=print) -> None:
     warehouse.check_writable(Path(path))
     assets = ensure_demo()
     ingest(demo_config(assets), path, log=log)
-    run_analyses(path, DEMO_RUN, log=log, only_stale=True)
+    # A fresh process without torch may fork workers for the permutation tests (analyses/modularity.py).
+    analyze = [sys.executable, "-m", "rtn.cli", "analyze", "--run", DEMO_RUN, "--stale-only", "--warehouse", str(path)]
+    if subprocess.run(analyze).returncode != 0:
+        raise RtnError(f"the demo's analyses failed; see above, then run: {' '.join(analyze[2:])}")
     log(summary(path))
     log(f"demo ready in {time.perf_counter() - started:.0f} s. Next:\n"
         f"  rtn query \"select step, token_class, plateau_size, plateau_fraction, power_law_slope, has_plateau "

@@ -6,7 +6,7 @@ import torch
 
 from conftest import VOCAB, tiny_model
 from ingest import adapters
-from ingest.ablation import group_deltas, neuron_deltas, readout_of, token_losses
+from ingest.ablation import group_deltas, groups_deltas, neuron_deltas, readout_of, token_losses
 from ingest.capture import capture, hooked
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5}
@@ -84,3 +84,12 @@ def test_group_of_one_is_the_single_neuron_formula(family):
 def test_readout_reproduces_model_loss(family):
     model, _, _, ids, _, resid, targets, *_, readout = _setup(family, torch.float64)
     assert torch.allclose(token_losses(resid, targets, readout), _clean_losses(model, ids), atol=1e-10, rtol=0)
+
+
+def test_several_groups_at_once_equal_each_group_alone(family):
+    *_, acts, resid, targets, mean_acts, w_out, readout = _setup(family, torch.float64)
+    groups = [torch.tensor([3, 17]), torch.tensor([17, 40, 71]), torch.tensor([0])]
+    together = groups_deltas(resid, acts, mean_acts, w_out, targets, readout, groups)
+    for g, group in enumerate(groups):
+        alone = group_deltas(resid, acts, mean_acts, w_out, targets, readout, group)
+        assert torch.allclose(together[:, g], alone, atol=1e-12, rtol=0)
