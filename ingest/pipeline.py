@@ -138,7 +138,8 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
         if adapters.adapter_for(model) != adapter:
             raise RtnError(f"{ref.source} is a {model.config.model_type} model, unlike the run's first checkpoint")
         tables = extract_checkpoint(model, data, config, timer, step=ref.step)
-        with timer("write"), warehouse.writing(path) as con:
+        with warehouse.writing(path) as con:
+            write_started = time.perf_counter()   # the row that records the stages is written inside this
             if run_rows is not None:
                 _write_run(con, run_id, run_rows)
                 run_rows = None
@@ -147,6 +148,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
                 if rows.height:
                     rows = rows.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(ref.step).alias("step"))
                 warehouse.replace_rows(con, table, rows, run_id=run_id, step=ref.step)
+            timer.seconds["write"] = round(time.perf_counter() - write_started, 4)
             warehouse.replace_rows(con, "checkpoints", pl.DataFrame([{
                 "run_id": run_id, "step": ref.step, "revision": ref.revision, "source": ref.source,
                 "tokens_seen": ref.tokens_seen, "ingested_at": datetime.now(timezone.utc).replace(tzinfo=None),
