@@ -17,6 +17,12 @@ from rtn.errors import RtnError
 EXCLUDED, COMMON, RARE = -1, 0, 1
 CLASS_NAMES = {COMMON: "common", RARE: "rare"}
 FIRST_PREDICTED_POS = 3        # predictions at positions 0-2 have too little context (DESIGN.md)
+CLASS_FILTERS = {"rare": RARE, "common": COMMON, "all": None}   # token_class -> class code (None: every included)
+
+
+def class_masks(classes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Returns {token_class: boolean mask} over `classes`; 'all' = every prediction not EXCLUDED."""
+    return {name: (classes != EXCLUDED) if code is None else (classes == code) for name, code in CLASS_FILTERS.items()}
 
 
 @dataclass

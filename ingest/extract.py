@@ -12,13 +12,10 @@ from ingest import adapters
 from ingest.ablation import neuron_deltas, readout_of, token_losses
 from ingest.capture import capture
 from ingest.config import IngestConfig
-from ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
+from ingest.corpus import COMMON, EXCLUDED, RARE, EvalData, class_masks
 from ingest.groups import ablation_groups, group_ablation_rows
 from ingest.heads import head_ablations
 from ingest.spectra import spectra_table
-
-CLASS_FILTERS = {"rare": RARE, "common": COMMON, "all": None}
-
 
 class StageTimer:
     """Collects the wall time of each named stage of a checkpoint's ingest."""
@@ -35,11 +32,6 @@ class StageTimer:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
-
-
-def _class_masks(classes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Returns {token_class: boolean mask [M]} over the included predictions."""
-    return {name: (classes != EXCLUDED) if code is None else (classes == code) for name, code in CLASS_FILTERS.items()}
 
 
 def _mean_and_stderr(values: torch.Tensor, mask: torch.Tensor):
@@ -89,7 +81,7 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
         readout = readout_of(adapters.final_norm(model, adapter), model.get_output_embeddings()).to(dtype)
         w_in, w_out = adapters.mlp_weights(model, adapter, layer)
         deltas = ablate_all(resid, acts_all[keep], mean_acts, w_out.to(dtype), targets[keep], readout)  # [M, n]
-        masks = _class_masks(classes[keep])
+        masks = class_masks(classes[keep])
         rows = []
         for name, mask in masks.items():
             mean, stderr, n = _mean_and_stderr(deltas, mask)

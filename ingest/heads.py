@@ -27,7 +27,7 @@ from ingest import adapters
 from ingest.adapters import Adapter
 from ingest.capture import hooked
 from ingest.config import IngestConfig
-from ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
+from ingest.corpus import EvalData, class_masks
 from rtn.errors import RtnError
 
 METHODS = ("mean", "bos")
@@ -104,11 +104,6 @@ def _run(model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, dtyp
     return _Pass(torch.cat(losses), torch.cat(acts))
 
 
-def _class_masks(classes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Returns {token_class: boolean mask} over flat positions; 'all' = every included prediction."""
-    return {"rare": classes == RARE, "common": classes == COMMON, "all": classes != EXCLUDED}
-
-
 @torch.no_grad()
 def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig,
                    clean_losses_by_class: dict[str, float] | None, plateau_neurons,
@@ -140,7 +135,7 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
     clean = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau,
                  [(adapters.attn_out_module(model, adapter, layer), accumulate(layer)) for layer in layers])
     means = {layer: total / data.input_ids.numel() for layer, total in sums.items()}   # over every eval position
-    masks = _class_masks(data.classes.reshape(-1).to(device))
+    masks = class_masks(data.classes.reshape(-1).to(device))
     if clean_losses_by_class is None:
         clean_losses_by_class = {name: float(clean.losses[mask].mean()) for name, mask in masks.items()}
 
