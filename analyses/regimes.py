@@ -9,9 +9,15 @@ of the tall Jacobian every iteration, which OpenBLAS threads make ~100x slower w
 
 The SQL fit gives every segment its own line and minimises squared error over a grid of
 breakpoints; this one joins the segments at the breakpoints, treats the breakpoints as free
-parameters and down-weights outlying neurons, so agreement between the two says the breakpoints
-come from the curve, not from the method. Like the SQL, it starts from the best single break and
-looks for the second an e-fold of rank or more on either side of it.
+parameters and down-weights outlying neurons. It is a refinement of the SQL fit: it starts from
+regime_summary's three_seg_* breakpoints and lets each move by WINDOW or more (in ln rank, much
+wider than the AGREEMENT criterion, so a wrong SQL break is still pulled away and disagreement shows).
+Agreement then says the SQL breakpoints sit where a continuous, robust fit of the curve puts them.
+
+Beside it, the grid_* columns keep an independent fit that never sees the SQL: like the SQL, it
+starts from the best single break, looks for the second an e-fold of rank or more on either side
+of it, then refines with the same Huber fit within REFINE. On curves that bend smoothly (the
+demo's) the breakpoints are ill-defined and the two searches may settle on different bends.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ GRID = 60            # candidate breakpoints per grid search, evenly spaced in l
 MIN_POINTS = 3       # neurons each segment keeps, as in the SQL
 POWER_LAW_SPAN = 1.0 # the power law spans at least this much ln(rank) (one e-fold), as in the SQL
 REFINE = 0.3         # how far (in ln rank) refinement may move a break from the grid's choice
+WINDOW = 0.5         # how far (in ln rank) refinement may move a break from the SQL's choice
 HUBER = 1.345        # Huber threshold in robust standard deviations (1.4826 MAD) of the residuals
 AGREEMENT = 0.10     # breakpoints agree when within this fraction of the SQL rank (or one rank)
 
@@ -63,15 +70,8 @@ def _line_jacobian(params: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones_like(x), x - past1, past1 - past2, past2, -(s2 - s1) * (x > u1) + d_u2, d_u2])
 
 
-def fit_curve(log_influence: np.ndarray) -> dict | None:
-    """Returns the Huber fit of one curve (log influence ordered by rank 1..n), None if too short."""
-    y = np.asarray(log_influence, dtype=float)
-    n = y.size
-    if n < 3 * MIN_POINTS + 3:
-        return None
-    x = np.log(np.arange(1, n + 1))
-    # a break u keeps >= MIN_POINTS ranks on each side: ln(MIN_POINTS) <= u < ln(n - MIN_POINTS)
-    lo, hi = np.log(MIN_POINTS), np.log(n - MIN_POINTS)
+def _grid_breaks(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> tuple[float, float] | None:
+    """Returns the independent grid search's breaks (u1, u2) in ln rank, None if none fit."""
     grid = np.linspace(lo, hi, GRID)
     # 1. the sharpest bend (one break); 2. a second break an e-fold or more below or above it
     (first,) = _best_breaks(x, y, grid[:, None])
@@ -80,20 +80,28 @@ def fit_curve(log_influence: np.ndarray) -> dict | None:
         return None
     pairs = np.sort(np.column_stack([others, np.full(others.size, first)]), axis=1)
     plateau, decay = _best_breaks(x, y, pairs)
-    # 3. both breaks together on a finer grid around those (least squares), then 4. all six
-    # parameters with the Huber loss, breaks free within REFINE of where 3 put them
+    # 3. both breaks together on a finer grid around those (least squares)
     near = np.linspace(-REFINE, REFINE, 15)
     pairs = np.array([(plateau + a, decay + b) for a in near for b in near
                       if lo <= plateau + a and decay + b <= hi and b - a >= POWER_LAW_SPAN + plateau - decay])
     plateau, decay = _best_breaks(x, y, pairs)
-    start_design = _hinges(x, np.array([[plateau, decay]]))[0]
+    return float(plateau), float(decay)
+
+
+def _huber_fit(x: np.ndarray, y: np.ndarray, plateau: float, decay: float, window: float, lo: float,
+               span_window: tuple[float, float]) -> dict:
+    """Returns the Huber fit of the continuous three-segment line started from breaks (plateau,
+    decay) in ln rank: u1 free within `window` of plateau, the power law's span u2 - u1 (at least
+    POWER_LAW_SPAN) within span_window = (below, above) of its start."""
+    span = max(decay - plateau - POWER_LAW_SPAN, 0.0)
+    start_design = _hinges(x, np.array([[plateau, plateau + POWER_LAW_SPAN + span]]))[0]
     coef = np.linalg.lstsq(start_design, y, rcond=None)[0]
     slopes = np.cumsum(coef[1:])
-    start = np.array([coef[0], *slopes, plateau, decay - plateau - POWER_LAW_SPAN])
+    start = np.array([coef[0], *slopes, plateau, span])
     residuals = y - _line(start, x)
     scale = max(HUBER * 1.4826 * np.median(np.abs(residuals - np.median(residuals))), 1e-3)
-    lower = np.array([-np.inf] * 4 + [max(lo, plateau - REFINE), 0.0])
-    upper = np.array([np.inf] * 4 + [plateau + REFINE, max(start[5], 0.0) + 2 * REFINE])
+    lower = np.array([-np.inf] * 4 + [max(lo, plateau - window), max(span - span_window[0], 0.0)])
+    upper = np.array([np.inf] * 4 + [max(plateau + window, lower[4] + 1e-6), span + span_window[1]])
     result = least_squares(
         lambda p: _line(p, x) - y, np.clip(start, lower, upper), jac=lambda p: _line_jacobian(p, x),
         bounds=(lower, upper), loss="huber", f_scale=scale,
@@ -101,7 +109,6 @@ def fit_curve(log_influence: np.ndarray) -> dict | None:
     _, s1, s2, s3, u1, w = result.x
     u2 = u1 + POWER_LAW_SPAN + w
     return {
-        "n_neurons": n,
         "plateau_end_rank": int(np.floor(np.exp(u1) + 1e-9)),   # ranks with ln(rank) <= u1
         "decay_start_rank": int(np.floor(np.exp(u2) + 1e-9)) + 1,
         "plateau_slope": float(s1),
@@ -109,6 +116,39 @@ def fit_curve(log_influence: np.ndarray) -> dict | None:
         "decay_slope": float(s3),
         "huber_scale": float(scale),
     }
+
+
+def fit_curve(log_influence: np.ndarray, sql_plateau_end_rank: int | None = None,
+              sql_decay_start_rank: int | None = None, window: float = WINDOW) -> dict | None:
+    """Returns the Huber fit of one curve (log influence ordered by rank 1..n), None if too short.
+
+    Given the SQL's breakpoints (last plateau rank, first decay rank), the main columns refine
+    them (refined_from_sql); otherwise they repeat the independent grid fit (grid_* columns)."""
+    y = np.asarray(log_influence, dtype=float)
+    n = y.size
+    if n < 3 * MIN_POINTS + 3:
+        return None
+    x = np.log(np.arange(1, n + 1))
+    # a break u keeps >= MIN_POINTS ranks on each side: ln(MIN_POINTS) <= u < ln(n - MIN_POINTS)
+    lo, hi = np.log(MIN_POINTS), np.log(n - MIN_POINTS)
+    breaks = _grid_breaks(x, y, lo, hi)
+    # the grid's breaks: u1 within REFINE, the span up to 2 REFINE longer (u2 within ~3 REFINE)
+    grid = _huber_fit(x, y, *breaks, REFINE, lo, (np.inf, 2 * REFINE)) if breaks is not None else None
+    if sql_plateau_end_rank is not None and sql_decay_start_rank is not None:
+        # the SQL's ranks as breaks: plateau ranks <= b1 -> u1 = ln(b1 + 1/2); decay from b2 + 1 = d
+        # -> u2 = ln(d - 1/2), which _huber_fit's floors map back to exactly b1 and d; u1 within
+        # `window`, the span within 2 windows either way, so any (u1, u2) within `window` of the
+        # SQL's pair is reachable (and u2 stays within 3 windows)
+        fit = _huber_fit(x, y, float(np.log(sql_plateau_end_rank + 0.5)), float(np.log(sql_decay_start_rank - 0.5)),
+                         window, lo, (2 * window, 2 * window))
+        refined = True
+    elif grid is not None:
+        fit, refined = grid, False
+    else:
+        return None
+    grid = grid or dict.fromkeys(fit)
+    return {"n_neurons": n, **fit, "refined_from_sql": refined,
+            **{f"grid_{key}": value for key, value in grid.items() if key != "huber_scale"}}
 
 
 def _agrees(rank: str, sql_rank: str) -> pl.Expr:
@@ -141,19 +181,25 @@ def compute(con, run_id: str) -> dict[str, pl.DataFrame]:
         """,
         params=[run_id],
     ).pl()
+    sql_breaks = {tuple(row[:len(CURVE)]): row[len(CURVE) + 1:] for row in sql_fits.iter_rows()}
     rows = []
     for curve in curves.iter_rows(named=True):
-        fit = fit_curve(np.asarray(curve.pop("log_influence")))
+        plateau_end, decay_start = sql_breaks.get(tuple(curve[c] for c in CURVE), (None, None))
+        fit = fit_curve(np.asarray(curve.pop("log_influence")), plateau_end, decay_start)
         if fit is not None:
             rows.append({**curve, **fit})
     schema = {
         "run_id": pl.Utf8, "step": pl.Int64, "layer": pl.Int32, "token_class": pl.Utf8, "sign": pl.Utf8,
         "n_neurons": pl.Int32, "plateau_end_rank": pl.Int32, "decay_start_rank": pl.Int32,
         "plateau_slope": pl.Float64, "power_law_slope": pl.Float64, "decay_slope": pl.Float64,
-        "huber_scale": pl.Float64,
+        "huber_scale": pl.Float64, "refined_from_sql": pl.Boolean,
+        "grid_plateau_end_rank": pl.Int32, "grid_decay_start_rank": pl.Int32, "grid_plateau_slope": pl.Float64,
+        "grid_power_law_slope": pl.Float64, "grid_decay_slope": pl.Float64,
     }
     fits = pl.DataFrame(rows, schema=schema).join(sql_fits, on=CURVE, how="left").with_columns(
         agrees_with_sql=_agrees("plateau_end_rank", "sql_plateau_end_rank")
         & _agrees("decay_start_rank", "sql_decay_start_rank"),
+        grid_agrees_with_sql=_agrees("grid_plateau_end_rank", "sql_plateau_end_rank")
+        & _agrees("grid_decay_start_rank", "sql_decay_start_rank"),
     )
     return {"analysis_regime_fits": fits}

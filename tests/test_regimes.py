@@ -365,3 +365,86 @@ def test_analysis_regime_fits_fill_their_table():
     assert [row[:5] for row in got] == [("a", "common", "boost", 400, False), ("a", "rare", "boost", 400, True)]
     rare = got[1]
     assert rare[5] is True and abs(rare[6] - 10) <= 1 and abs(rare[7] - 10) <= 1
+
+
+def test_python_fit_refines_the_sql_breakpoints_and_keeps_the_grid_fit():
+    influence = planted_influence(2048, 40, -0.7, 1500, noise=0.02, seed=6)
+    log_influence = np.log(np.sort(influence)[::-1])
+    fit = regimes.fit_curve(log_influence, 40, 1500)
+    assert fit["refined_from_sql"]
+    assert abs(fit["plateau_end_rank"] - 40) <= 0.05 * 40
+    assert abs(fit["decay_start_rank"] - 1500) <= 0.05 * 1500
+    assert fit["power_law_slope"] == pytest.approx(-0.7, abs=0.05)
+    # the grid fit never saw the SQL, and finds the same planted breaks on its own
+    assert abs(fit["grid_plateau_end_rank"] - 40) <= 0.05 * 40
+    assert abs(fit["grid_decay_start_rank"] - 1500) <= 0.05 * 1500
+    without = regimes.fit_curve(log_influence)
+    assert not without["refined_from_sql"]
+    assert (without["plateau_end_rank"], without["decay_start_rank"]) == (
+        fit["grid_plateau_end_rank"], fit["grid_decay_start_rank"])
+
+
+def test_python_refinement_pulls_wrong_sql_breakpoints_away_so_they_disagree():
+    influence = planted_influence(2048, 40, -0.7, 1500, noise=0.02, seed=6)
+    log_influence = np.log(np.sort(influence)[::-1])
+    # SQL breakpoints 1.4x and 0.7x off (ln 0.34 and -0.36, inside the refinement's window)
+    fit = regimes.fit_curve(log_influence, 56, 1050)
+    assert abs(fit["plateau_end_rank"] - 56) > 0.10 * 56
+    assert abs(fit["decay_start_rank"] - 1050) > 0.10 * 1050
+    assert abs(fit["plateau_end_rank"] - 40) <= 0.05 * 40       # back at the planted breaks
+    assert abs(fit["decay_start_rank"] - 1500) <= 0.05 * 1500
+
+
+def test_analysis_regime_fits_flag_wrong_sql_breakpoints():
+    con = warehouse(ablation_rows(planted_influence(2048, 40, -0.7, 1500, noise=0.02, seed=6)),
+                    views=["neuron_influence", "regime_summary"])
+    # stand-in for a wrong SQL fit: the same curve, the SQL's breakpoints moved by 1.4x and 0.7x
+    con.execute("create table regime_summary_wrong as select * replace ("
+                "(three_seg_plateau_end_rank * 1.4)::bigint as three_seg_plateau_end_rank, "
+                "(three_seg_decay_start_rank * 0.7)::bigint as three_seg_decay_start_rank) from regime_summary")
+    con.execute("create or replace view regime_summary as select * from regime_summary_wrong")
+    (fit,) = regimes.compute(con, "run")["analysis_regime_fits"].iter_rows(named=True)
+    assert fit["sql_has_plateau"] and fit["refined_from_sql"]
+    assert not fit["agrees_with_sql"]
+    assert abs(fit["plateau_end_rank"] - 40) <= 0.05 * 40 and abs(fit["decay_start_rank"] - 1500) <= 0.05 * 1500
+
+
+# ---- the demo warehouse (slow) ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def demo_warehouse(tmp_path_factory) -> Path:
+    """Returns a freshly built demo warehouse (the trained model comes from the cache, $RTN_CACHE or
+    ~/.cache/rtn: ~100 s warm, ingest + analyses; a cold cache trains it first)."""
+    from rtn.demo import run_demo
+    path = tmp_path_factory.mktemp("demo") / "demo.duckdb"
+    run_demo(path, log=lambda *a: None)
+    return path
+
+
+def demo_regime_fits(path: Path) -> pl.DataFrame:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.sql("select * from analysis_regime_fits where run_id = 'demo' and sql_has_plateau").pl()
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_python_refinement_mostly_agrees_with_sql_on_the_demo_warehouse(demo_warehouse):
+    fits = demo_regime_fits(demo_warehouse)
+    assert fits.height > 0 and fits["refined_from_sql"].all()
+    # measured 50 of 67 plateau curves (75 %); the independent grid fit agrees on 44 (66 %)
+    assert fits["agrees_with_sql"].mean() >= 0.70
+    assert fits["agrees_with_sql"].sum() >= fits["grid_agrees_with_sql"].sum()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 3, acceptance 2 is not met: the demo's curves bend smoothly, and on "
+                   "~1 in 4 plateau curves the continuous Huber fit, started at the SQL breakpoints, settles more "
+                   "than 10 % away from them (mostly where the independent grid fit lands too)")
+def test_python_refinement_agrees_with_sql_on_every_demo_plateau_curve(demo_warehouse):
+    fits = demo_regime_fits(demo_warehouse)
+    disagree = fits.filter(~pl.col("agrees_with_sql")).select(
+        "step", "token_class", "sign", "plateau_end_rank", "sql_plateau_end_rank", "decay_start_rank",
+        "sql_decay_start_rank")
+    assert disagree.height == 0, f"{disagree.height} of {fits.height} plateau curves disagree:\n{disagree}"
