@@ -299,6 +299,13 @@ def page_neuron(runs: pl.DataFrame, selected: list[str]) -> None:
         show(step_lines(deltas, "delta_loss", f"neuron {neuron}: ΔLoss when mean-ablated", color="token_class"))
         show(step_lines(history, "rare_rank", f"neuron {neuron}: rank among rare-target neurons of its sign",
                         color="rare_sign"))
+        effects = load("neuron_token_effects", order="logit_effect desc", run_id=run_id, layer=layer, neuron=neuron,
+                       step=steps[-1] if steps else -1)
+        show(alt.Chart(effects).mark_bar().encode(
+            x=alt.X("logit_effect:Q", title="logit change per unit of activation"),
+            y=alt.Y("token:N", sort="-x", title=None), color="direction:N",
+            tooltip=["token", "token_id", "direction", "rank", alt.Tooltip("logit_effect", format=".3g")],
+        ).properties(title=f"neuron {neuron}: tokens it boosts and suppresses most (last step)"))
     with right:
         show(step_lines(activations, "activation", f"neuron {neuron}: activation statistics", color="statistic"))
         tokens = load("app_neuron_target_tokens", order="mean_act desc", run_id=run_id, layer=layer, neuron=neuron,

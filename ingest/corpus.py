@@ -32,6 +32,7 @@ class EvalData:
     input_ids: torch.Tensor         # [S, L] evaluated sequences
     classes: torch.Tensor           # [S, L] class of the prediction made at (seq, pos): RARE, COMMON or EXCLUDED
     sample_flat: torch.Tensor       # [n_samples] flat positions (seq * L + pos) kept in activation_samples
+    vocab: list                     # token string of every id the tokenizer knows (index = token_id)
 
     def eval_tokens(self) -> pl.DataFrame:
         """Returns eval_tokens rows (without run_id)."""
@@ -96,7 +97,8 @@ def prepare(config: IngestConfig, corpus_spec: str, tokenizer, model_vocab: int)
 
     input_ids = torch.from_numpy(stream[: n_seq * config.seq_len].reshape(n_seq, config.seq_len))
     classes = _classes(input_ids, frequencies, special, config)
-    return EvalData(corpus_row, frequencies, input_ids, classes, _sample(classes, config))
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return EvalData(corpus_row, frequencies, input_ids, classes, _sample(classes, config), vocab)
 
 
 def _short_name(spec: str) -> str:

@@ -25,7 +25,7 @@ from rtn.errors import RtnError
 
 RUN_TABLES = ("eval_tokens", "activation_sample_positions")
 STEP_TABLES = ("neuron_stats", "activation_samples", "ablation_deltas", "eval_losses", "neuron_weights",
-               "weight_spectra", "head_ablations", "group_ablation_deltas")
+               "weight_spectra", "head_ablations", "group_ablation_deltas", "neuron_token_effects")
 
 
 def pick_device(name: str) -> torch.device:

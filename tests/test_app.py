@@ -206,6 +206,9 @@ def test_neuron_page_follows_one_neuron_across_steps(app_warehouse, monkeypatch)
     expected = count(app_warehouse, "select count(*) from app_neuron_target_tokens where run_id = ? and step = ? "
                      "and neuron = 5", [RUN, facts["steps"][-1]])
     assert tokens.num_rows == min(20, expected) > 0
+    (effects,) = drawn["neuron 5: tokens it boosts and suppresses most (last step)"]
+    assert effects.num_rows == 2 * 10 == count(app_warehouse, "select count(*) from neuron_token_effects "
+                                               "where run_id = ? and step = ? and neuron = 5", [RUN, facts["steps"][-1]])
 
 
 def test_sql_box_returns_rows_with_a_csv_download(app_warehouse, monkeypatch):

@@ -73,7 +73,7 @@ def _data(seqs=4, length=16, seed=3) -> EvalData:
     classes = torch.where(torch.rand(seqs, length, generator=gen) < 0.4, RARE, COMMON)
     classes[:, :3] = EXCLUDED
     classes[:, -1] = EXCLUDED
-    return EvalData(None, None, ids, classes, torch.arange(8))
+    return EvalData(None, None, ids, classes, torch.arange(8), vocab=[])
 
 
 def _config(**kw) -> IngestConfig:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sql
-from conftest import make_corpus_docs, save_checkpoint_family, save_model_folder, table_contents
+from conftest import make_corpus_docs, make_tokenizer, save_checkpoint_family, save_model_folder, table_contents
 from ingest import adapters
 from ingest.config import IngestConfig
 from ingest.pipeline import ingest
@@ -26,6 +26,7 @@ GRAINS = {
     "weight_spectra": ["run_id", "step", "layer", "matrix"],
     "head_ablations": ["run_id", "step", "layer", "head", "method", "token_class"],
     "group_ablation_deltas": ["run_id", "step", "layer", "group_name", "k", "token_class"],
+    "neuron_token_effects": ["run_id", "step", "layer", "neuron", "direction", "rank"],
 }
 
 
@@ -145,3 +146,27 @@ def test_rerunning_the_same_ingest_changes_nothing(tmp_path, corpus_txt):
     ingest(_config(model, corpus_txt), wh, log=messages.append)
     assert table_contents(wh) == before
     assert "nothing to do" in messages[-1]
+
+
+def test_neuron_token_effects_are_the_top_logit_effects_of_each_neuron(tmp_path, corpus_txt):
+    """Checked against numpy on the saved weights: W_U (gamma * (w_out[i] - mean)) for LayerNorm."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+    model_dir = save_model_folder(tmp_path / "model")
+    wh = tmp_path / "w.duckdb"
+    ingest(_config(model_dir, corpus_txt), wh, log=lambda *_: None)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+    w_out = model.gpt_neox.layers[-1].mlp.dense_4h_to_h.weight.detach().numpy().T        # [n, d]
+    gamma = model.gpt_neox.final_layer_norm.weight.detach().numpy()
+    W_U = model.get_output_embeddings().weight.detach().numpy()                         # [V, d]
+    effects = ((w_out - w_out.mean(1, keepdims=True)) * gamma) @ W_U.T                  # [n, V]
+    con = duckdb.connect(str(wh), read_only=True)
+    assert con.execute("select count(*) from neuron_token_effects").fetchone()[0] == 72 * 2 * 10
+    for neuron in (0, 33, 71):
+        for direction, order in (("boost", -1), ("suppress", 1)):
+            stored = con.execute("select token_id, logit_effect, token from neuron_token_effects where neuron = ? "
+                                 "and direction = ? order by rank", [neuron, direction]).fetchall()
+            expected = np.argsort(order * effects[neuron], kind="stable")[:10]
+            assert [row[0] for row in stored] == expected.tolist()
+            assert np.allclose([row[1] for row in stored], effects[neuron, expected], atol=1e-5)
+            assert [row[2] for row in stored] == make_tokenizer().convert_ids_to_tokens(expected.tolist())
