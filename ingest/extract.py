@@ -17,6 +17,7 @@ from ingest.groups import ablation_groups, group_ablation_rows
 from ingest.heads import head_ablations
 from ingest.spectra import spectra_table
 
+
 class StageTimer:
     """Collects the wall time of each named stage of a checkpoint's ingest."""
 
@@ -78,9 +79,11 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
         keep = (data.classes != EXCLUDED).reshape(-1).to(device)                   # [S*L]
         targets = torch.roll(data.input_ids, -1, dims=1).reshape(-1).to(device)   # token at pos + 1
         resid = cap.resid.reshape(-1, cap.resid.shape[-1]).to(dtype)[keep]         # [M, d]
+        acts, targets = acts_all[keep], targets[keep]                             # [M, n], [M] included predictions
         readout = readout_of(adapters.final_norm(model, adapter), model.get_output_embeddings()).to(dtype)
         w_in, w_out = adapters.mlp_weights(model, adapter, layer)
-        deltas = ablate_all(resid, acts_all[keep], mean_acts, w_out.to(dtype), targets[keep], readout)  # [M, n]
+        w_out = w_out.to(dtype)                                                   # [n, d]
+        deltas = ablate_all(resid, acts, mean_acts, w_out, targets, readout)      # [M, n]
         masks = class_masks(classes[keep])
         rows = []
         for name, mask in masks.items():
@@ -88,7 +91,7 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
             rows.append(pl.DataFrame({"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32), "token_class": name,
                                       "delta_loss": mean.cpu().numpy(), "std_err": stderr.cpu().numpy(), "n": n}))
         ablation = pl.concat(rows)
-        clean = token_losses(resid, targets[keep], readout)
+        clean = token_losses(resid, targets, readout)
         eval_losses = pl.DataFrame([{"token_class": name, "mean_loss": float(clean[mask].mean()),
                                      "n": int(mask.sum())} for name, mask in masks.items()])
 
@@ -100,7 +103,7 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     tables = {"neuron_stats": neuron_stats, "activation_samples": activation_samples, "ablation_deltas": ablation,
               "eval_losses": eval_losses, "neuron_weights": neuron_weights}
     with timer("token_effects"):
-        tables["neuron_token_effects"] = token_effects(readout, w_out.to(dtype), layer, data.vocab)
+        tables["neuron_token_effects"] = token_effects(readout, w_out, layer, data.vocab)
     if config.spectra:
         with timer("spectra"):
             tables["weight_spectra"] = weight_spectra(model, adapter)
@@ -108,8 +111,8 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     # --- attention heads and group synergy (ingest/heads.py, ingest/groups.py) ---
     with timer("group_ablation"):
         groups = ablation_groups(ablation, config.run_id(), step)   # the warehouse's neuron_groups SQL
-        tables["group_ablation_deltas"] = group_ablation_rows(groups, resid, acts_all[keep], mean_acts,
-                                                              w_out.to(dtype), targets[keep], readout, masks)
+        tables["group_ablation_deltas"] = group_ablation_rows(groups, resid, acts, mean_acts, w_out, targets,
+                                                              readout, masks)
     with timer("heads"):
         plateau = groups.filter(pl.col("group_name") == "plateau")["neuron"].to_list()
         clean_losses = dict(zip(eval_losses["token_class"], eval_losses["mean_loss"]))
