@@ -32,15 +32,10 @@ def available_modules() -> list[str]:
     return [name for name in MODULES if (here / f"{name.split('.')[-1]}.py").exists()]
 
 
-def _steps(con, run: str) -> list[int]:
-    return [r[0] for r in con.execute(
-        "select step from checkpoints where run_id = ? and status = 'done' order by step", [run]).fetchall()]
-
-
 def _up_to_date(con, run: str) -> bool:
     """Returns True when the run's analyses were computed by this code over its current steps."""
     row = con.execute("select steps, code_version from analysis_runs where run_id = ?", [run]).fetchone()
-    return row is not None and list(row[0]) == _steps(con, run) and row[1] == rtn.__version__
+    return row is not None and list(row[0]) == warehouse.done_steps(con, run) and row[1] == rtn.__version__
 
 
 def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = False) -> dict[str, int]:
@@ -63,7 +58,7 @@ def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = 
             if only_stale and _up_to_date(con, run):
                 log(f"analyses of run {run} are up to date; `rtn analyze --run {run}` recomputes them")
                 continue
-            steps = _steps(con, run)
+            steps = warehouse.done_steps(con, run)
         results = {}
         # Small dense problems: a multi-threaded BLAS only fights over the cores (~100x slower fits here).
         with warehouse.reading(path) as con, threadpool_limits(limits=1, user_api="blas"):

@@ -59,8 +59,7 @@ def _existing(path: Path, run_id: str):
         if "runs" not in tables:
             return None, set()
         row = con.execute("select config from runs where run_id = ?", [run_id]).fetchone()
-        done = {r[0] for r in con.execute(
-            "select step from checkpoints where run_id = ? and status = 'done'", [run_id]).fetchall()}
+        done = set(warehouse.done_steps(con, run_id))
     return (json.loads(row[0]) if row else None), done
 
 

@@ -96,6 +96,12 @@ def frame(con, query: str, params: list | None = None) -> pl.DataFrame:
     return con.sql(query, params=params or None).pl()
 
 
+def done_steps(con, run_id: str) -> list[int]:
+    """Returns the steps of a run whose checkpoints are fully ingested, ascending."""
+    return [row[0] for row in con.execute(
+        "select step from checkpoints where run_id = ? and status = 'done' order by step", [run_id]).fetchall()]
+
+
 def read(query: str, warehouse: Path | str = DEFAULT_WAREHOUSE, params: list | None = None) -> pl.DataFrame:
     """Returns a view, table or SQL query on the warehouse as a polars DataFrame (read-only)."""
     text = query.strip()
