@@ -7,17 +7,17 @@
 On a machine with few cores, run with OPENBLAS_NUM_THREADS=1: scipy's least_squares takes an SVD
 of the tall Jacobian every iteration, which OpenBLAS threads make ~100x slower when they contend.
 
-The SQL fit gives every segment its own line and minimises squared error over a grid of
-breakpoints; this one joins the segments at the breakpoints, treats the breakpoints as free
-parameters and down-weights outlying neurons. It is a refinement of the SQL fit: it starts from
+The SQL fits the same continuous line by least squares, with its hinges on ranks from a grid
+(every pair of candidate breakpoints); this one treats the breakpoints as free parameters and
+down-weights outlying neurons. It is a refinement of the SQL fit: it starts from
 regime_summary's three_seg_* breakpoints and lets each move by WINDOW or more (in ln rank, much
 wider than the AGREEMENT criterion, so a wrong SQL break is still pulled away and disagreement shows).
 Agreement then says the SQL breakpoints sit where a continuous, robust fit of the curve puts them.
 
-Beside it, the grid_* columns keep an independent fit that never sees the SQL: like the SQL, it
-starts from the best single break, looks for the second an e-fold of rank or more on either side
-of it, then refines with the same Huber fit within REFINE. On curves that bend smoothly (the
-demo's) the breakpoints are ill-defined and the two searches may settle on different bends.
+Beside it, the grid_* columns keep an independent fit that never sees the SQL: every pair of
+breaks on its own grid (GRID points evenly spaced in ln rank), refined on a finer grid around the
+best pair and then with the same Huber fit within REFINE. On curves that bend smoothly (the
+demo's) the squared error has several local minima, so the two searches may settle on different bends.
 """
 from __future__ import annotations
 
@@ -43,14 +43,17 @@ def _hinges(x: np.ndarray, breaks: np.ndarray) -> np.ndarray:
     return np.concatenate([ones, slopes, np.maximum(0.0, x[None, :, None] - breaks[:, None, :])], axis=2)
 
 
-def _best_breaks(x: np.ndarray, y: np.ndarray, breaks: np.ndarray) -> np.ndarray:
-    """Returns the row of `breaks` [candidates, k] whose continuous hinge line fits best (least squares)."""
-    design = _hinges(x, breaks)                                   # [candidates, n, 2 + k]
-    gram = np.einsum("cni,cnj->cij", design, design)
-    moments = np.einsum("cni,n->ci", design, y)
-    coef = np.linalg.solve(gram + 1e-12 * np.eye(gram.shape[1]), moments[..., None])[..., 0]
-    sse = ((np.einsum("cni,ci->cn", design, coef) - y) ** 2).sum(axis=1)
-    return breaks[np.argmin(sse)]
+def _best_breaks(x: np.ndarray, y: np.ndarray, breaks: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Returns the row of `breaks` [candidates, k] whose continuous hinge line fits best (least
+    squares), the first on ties; candidates go `chunk` at a time to bound the [chunk, n, 2 + k] design."""
+    sse = []
+    for start in range(0, breaks.shape[0], chunk):
+        design = _hinges(x, breaks[start:start + chunk])              # [chunk, n, 2 + k]
+        gram = np.einsum("cni,cnj->cij", design, design)
+        moments = np.einsum("cni,n->ci", design, y)
+        coef = np.linalg.solve(gram + 1e-12 * np.eye(gram.shape[1]), moments[..., None])[..., 0]
+        sse.append(((np.einsum("cni,ci->cn", design, coef) - y) ** 2).sum(axis=1))
+    return breaks[np.argmin(np.concatenate(sse))]
 
 
 def _line(params: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -73,14 +76,14 @@ def _line_jacobian(params: np.ndarray, x: np.ndarray) -> np.ndarray:
 def _grid_breaks(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> tuple[float, float] | None:
     """Returns the independent grid search's breaks (u1, u2) in ln rank, None if none fit."""
     grid = np.linspace(lo, hi, GRID)
-    # 1. the sharpest bend (one break); 2. a second break an e-fold or more below or above it
-    (first,) = _best_breaks(x, y, grid[:, None])
-    others = grid[np.abs(grid - first) >= POWER_LAW_SPAN]
-    if others.size == 0:
+    # 1. every pair of grid points an e-fold of rank or more apart (smooth curves have several
+    # local minima, so no stepwise search); 2. both breaks on a finer grid around the best pair
+    first, second = np.triu_indices(GRID, k=1)
+    pairs = np.column_stack([grid[first], grid[second]])
+    pairs = pairs[pairs[:, 1] - pairs[:, 0] >= POWER_LAW_SPAN]
+    if pairs.shape[0] == 0:
         return None
-    pairs = np.sort(np.column_stack([others, np.full(others.size, first)]), axis=1)
     plateau, decay = _best_breaks(x, y, pairs)
-    # 3. both breaks together on a finer grid around those (least squares)
     near = np.linspace(-REFINE, REFINE, 15)
     pairs = np.array([(plateau + a, decay + b) for a in near for b in near
                       if lo <= plateau + a and decay + b <= hi and b - a >= POWER_LAW_SPAN + plateau - decay])
@@ -135,11 +138,11 @@ def fit_curve(log_influence: np.ndarray, sql_plateau_end_rank: int | None = None
     # the grid's breaks: u1 within REFINE, the span up to 2 REFINE longer (u2 within ~3 REFINE)
     grid = _huber_fit(x, y, *breaks, REFINE, lo, (np.inf, 2 * REFINE)) if breaks is not None else None
     if sql_plateau_end_rank is not None and sql_decay_start_rank is not None:
-        # the SQL's ranks as breaks: plateau ranks <= b1 -> u1 = ln(b1 + 1/2); decay from b2 + 1 = d
-        # -> u2 = ln(d - 1/2), which _huber_fit's floors map back to exactly b1 and d; u1 within
-        # `window`, the span within 2 windows either way, so any (u1, u2) within `window` of the
-        # SQL's pair is reachable (and u2 stays within 3 windows)
-        fit = _huber_fit(x, y, float(np.log(sql_plateau_end_rank + 0.5)), float(np.log(sql_decay_start_rank - 0.5)),
+        # the SQL's hinges sit on the last rank of a segment: u1 = ln(b1) for plateau ranks <= b1,
+        # u2 = ln(d - 1) for decay ranks >= d, which _huber_fit's floors map back to exactly b1
+        # and d; u1 within `window`, the span within 2 windows either way, so any (u1, u2) within
+        # `window` of the SQL's pair is reachable (and u2 stays within 3 windows)
+        fit = _huber_fit(x, y, float(np.log(sql_plateau_end_rank)), float(np.log(sql_decay_start_rank - 1)),
                          window, lo, (2 * window, 2 * window))
         refined = True
     elif grid is not None:

@@ -1,8 +1,6 @@
 -- grain (run_id, step, layer, token_class, sign, neuron): every point of a sorted influence curve
 -- with its regime, the regime's fitted line at its rank, and the curve's fit summary — all the
 -- app's Influence page draws, in one read (regime_summary is costly to evaluate twice)
--- The least-squares line of ln|ΔLoss| on ln(rank) over a regime's ranks is the segment that
--- regime_summary fitted: its breakpoints delimit the same ranks.
 with
 
 labelled as (
@@ -37,16 +35,31 @@ fits as (
         power_law_r2,
         plateau_lift,
         delta_bic,
+        fitted_plateau_intercept,
+        fitted_plateau_slope,
+        fitted_power_law_intercept,
+        fitted_decay_intercept,
+        fitted_decay_slope,
     from regime_summary
 ),
 
 with_lines as (
+    -- each point's segment of the continuous line regime_summary fitted
     select
-        *,
-        regr_slope(log_influence, log_rank) over segment as segment_slope,
-        regr_intercept(log_influence, log_rank) over segment as segment_intercept,
+        labelled.*,
+        fits.* exclude (run_id, step, layer, token_class, sign),
+        case labelled.regime
+            when 'plateau' then fits.fitted_plateau_slope
+            when 'power_law' then fits.power_law_slope
+            when 'decay' then fits.fitted_decay_slope
+        end as segment_slope,
+        case labelled.regime
+            when 'plateau' then fits.fitted_plateau_intercept
+            when 'power_law' then fits.fitted_power_law_intercept
+            when 'decay' then fits.fitted_decay_intercept
+        end as segment_intercept,
     from labelled
-    window segment as (partition by run_id, step, layer, token_class, sign, regime)
+    left join fits using (run_id, step, layer, token_class, sign)
 ),
 
 final as (
@@ -66,16 +79,15 @@ final as (
         case when with_lines.regime is not null
             then exp(with_lines.segment_intercept + with_lines.segment_slope * with_lines.log_rank)
         end as fitted_influence,
-        fits.n_neurons,
-        fits.has_plateau,
-        fits.plateau_size,
-        fits.plateau_fraction,
-        fits.power_law_slope,
-        fits.power_law_r2,
-        fits.plateau_lift,
-        fits.delta_bic,
+        with_lines.n_neurons,
+        with_lines.has_plateau,
+        with_lines.plateau_size,
+        with_lines.plateau_fraction,
+        with_lines.power_law_slope,
+        with_lines.power_law_r2,
+        with_lines.plateau_lift,
+        with_lines.delta_bic,
     from with_lines
-    left join fits using (run_id, step, layer, token_class, sign)
 )
 
 select * from final

@@ -1,34 +1,31 @@
 -- grain (run_id, step, layer, token_class, sign): the regime fit of one sorted influence curve
 --
--- On x = ln(rank), y = ln|ΔLoss| (neuron_influence) two piecewise lines are fitted by least
--- squares, each segment its own line, a breakpoint being the last rank before the next segment:
---   two segments   (power law, decay)          breakpoint b
---   three segments (plateau, power law, decay) breakpoints b1 < b2
--- Candidate breakpoints ("cuts") are the last ranks of log-spaced buckets 2 % of rank wide
--- (every rank below 50). Running sums of x, y, x², xy, y² at each cut make any segment's line
--- and squared error O(1). The search, exhaustive at each step:
---   1. b over every cut (two segments);
---   2. a second breakpoint over every cut, below b (then b ends the power law) or above it
---      (then b ends the plateau): the two-segment break is the curve's sharpest bend, which is
---      the decay's start or, for a plateau that bends the curve more, the plateau's end;
---   3. every pair (b1, b2) of cuts within ±22 % of rank (e^0.2) of those two.
+-- On x = ln(rank), y = ln|ΔLoss| (neuron_influence) two continuous piecewise lines are fitted by
+-- least squares, with hinges at breakpoints, a breakpoint being the last rank of a segment (the
+-- hinge sits on it, at x = ln(breakpoint)):
+--   two segments   (power law, decay)          y = α + β x + γ (x - ln b)+
+--   three segments (plateau, power law, decay) y = α + β x + γ1 (x - ln b1)+ + γ2 (x - ln b2)+
+-- Candidate breakpoints ("cuts") are the last ranks of log-spaced buckets 5 % of rank wide (every
+-- rank below 20). Running sums of x, y, x², xy, y² at each cut, and of its hinge h = (x - ln cut)+
+-- against 1, x, h and y over the ranks after it, give any fit's normal equations in O(1): 2 x 2
+-- (one hinge) or 3 x 3 (two hinges) once the intercept is eliminated, solved in closed form.
+-- The search is exhaustive: every cut for two segments, every pair of cuts for three. On smoothly
+-- bending curves the squared error has several local minima, and a stepwise search (best single
+-- break, then the best second one) stops in the wrong one.
 -- Every segment keeps at least 3 neurons, and the power law spans at least one e-fold of rank
 -- (b2 ≥ e·b1): a straight stretch over fewer scales is a bend, not a power law. Without that,
 -- the second breakpoint goes where the curve bends most after the first, the curvature of the
 -- decay tail (ln|ΔLoss| of near-zero effects plunges) or the rounded corner sorting leaves before
--- a noisy decay, and the fit calls the whole power law a "plateau": a planted power law + decay
--- with noise 0.05 did so (ΔBIC ≈ 750, slopes -1.0 then -2.4 over ranks 2921..3041).
+-- a noisy decay, and the fit calls the whole power law a "plateau".
 -- A plateau is supported (has_plateau) only when three segments beat two by
--- BIC = n·ln(SSE/n) + k·ln(n), k = 2 per line + 1 per breakpoint (8 against 5), and the first
--- segment is clearly flatter than the second: |slope 1| < ½·|slope 2|. (|slope 1| < |slope 2|
--- alone passes on any bend of a sorted noisy curve: a planted power law + decay with noise 0.05
--- gives slopes -1.00 then -1.01 before the decay's rounded corner, and ΔBIC ≈ 250, because
--- sorting smooths the noise away and BIC takes the residuals as independent.)
+-- BIC = n·ln(SSE/n) + k·ln(n), k = 6 (intercept, 3 slopes, 2 breakpoints) against 4, and the
+-- first segment is clearly flatter than the second: |slope 1| < ½·|slope 2|. (|slope 1| <
+-- |slope 2| alone passes on any bend of a sorted noisy curve: sorting smooths the noise away,
+-- and BIC takes the residuals as independent.)
 -- Curves with fewer than 6 neurons are left out; with fewer than 9 they get no three-segment fit.
 --
--- Only cut_lines is materialized for the steps that share it; two_segments, read twice, is
--- inlined (`not materialized`), because DuckDB pushes a filter on the view (`where run_id = ...`)
--- into one level of shared CTEs, not through a chain of them.
+-- analysis_regime_fits (analyses/regimes.py) cross-checks the breakpoints: the same continuous
+-- line fitted with a Huber loss and free breakpoints, started from these.
 with
 
 influence as (
@@ -79,7 +76,7 @@ buckets as (
         layer,
         token_class,
         sign,
-        cast(floor(x / 0.02) as integer) as bucket,  -- ranks within 2 % of each other
+        cast(floor(x / 0.05) as integer) as bucket,  -- ranks within 5 % of each other
         max(rank) as cut,
         sum(x) as bucket_x,
         sum(y) as bucket_y,
@@ -120,38 +117,67 @@ running_sums as (
         )
 ),
 
-end_sums as (
-    -- at every cut c, centred sums of the head (0, c] and of the tail (c, n]
+cuts as materialized (
+    -- (materialized: five steps below read it) every cut with the curve's centred sums and the sums of its hinge h = (x - u)+, u = ln(cut),
+    -- over the ranks after it (tail sums = total - head): h, x h, h², y h
     select
-        *,
-        n_neurons - cut as tail_m,
-        sum_xx - sum_x ** 2 / cut as head_cxx,
-        sum_xy - sum_x * sum_y / cut as head_cxy,
-        sum_yy - sum_y ** 2 / cut as head_cyy,
-        (total_xx - sum_xx) - (total_x - sum_x) ** 2 / tail_m as tail_cxx,
-        (total_xy - sum_xy) - (total_x - sum_x) * (total_y - sum_y) / tail_m as tail_cxy,
-        (total_yy - sum_yy) - (total_y - sum_y) ** 2 / tail_m as tail_cyy,
+        run_id,
+        step,
+        layer,
+        token_class,
+        sign,
+        cut,
+        n_neurons,
+        ln(cut) as u,
+        sum_x,
+        sum_y,
+        sum_xx,
+        sum_xy,
+        sum_yy,
+        total_x,
+        total_y,
+        total_xx - total_x ** 2 / n_neurons as curve_cxx,
+        total_xy - total_x * total_y / n_neurons as curve_cxy,
+        total_yy - total_y ** 2 / n_neurons as curve_cyy,
+        (total_x - sum_x) - u * (n_neurons - cut) as hinge_h,
+        (total_xx - sum_xx) - u * (total_x - sum_x) as hinge_xh,
+        (total_xx - sum_xx) - 2 * u * (total_x - sum_x) + u ** 2 * (n_neurons - cut) as hinge_hh,
+        (total_xy - sum_xy) - u * (total_y - sum_y) as hinge_yh,
+        -- squared errors below the rounding error of the running sums count as an exact fit,
+        -- so noise-free curves tie and the tie goes to the smallest breakpoints
+        1e-10 * (1 + total_yy) as sse_resolution,
     from running_sums
     where cut >= 3 and n_neurons - cut >= 3
 ),
 
-cut_lines as materialized (
-    -- the least-squares lines of each cut's head and tail: slope, squared error, R²
+two_segment_grams as (
+    -- the normal equations of y = α + β x + γ h, centred (α eliminated): [[g11, g12], [g12, g22]]
+    -- [β, γ] = [curve_cxy, m2]
     select
         *,
-        head_cxy / head_cxx as head_slope,
-        greatest(head_cyy - head_cxy ** 2 / head_cxx, 0) as head_sse,
-        1 - greatest(head_cyy - head_cxy ** 2 / head_cxx, 0) / nullif(head_cyy, 0) as head_r2,
-        tail_cxy / tail_cxx as tail_slope,
-        greatest(tail_cyy - tail_cxy ** 2 / tail_cxx, 0) as tail_sse,
-        -- squared errors below the rounding error of the running sums count as an exact fit,
-        -- so noise-free curves tie and the tie goes to the smallest breakpoint
-        1e-10 * (1 + total_yy) as sse_resolution,
-    from end_sums
+        curve_cxx as g11,
+        hinge_xh - total_x * hinge_h / n_neurons as g12,
+        hinge_hh - hinge_h ** 2 / n_neurons as g22,
+        hinge_yh - hinge_h * total_y / n_neurons as m2,
+        g11 * g22 - g12 ** 2 as det,
+    from cuts
 ),
 
-two_segments as not materialized (
-    -- step 1 (read twice and computed twice: see the header)
+two_segment_lines as (
+    select
+        *,
+        (g22 * curve_cxy - g12 * m2) / det as beta,
+        (g11 * m2 - g12 * curve_cxy) / det as gamma,
+        curve_cyy - (beta * curve_cxy + gamma * m2) as sse,
+        (total_y - beta * total_x - gamma * hinge_h) / n_neurons as intercept,
+        -- the power law's squared error about its fitted line, over ranks 1..cut
+        sum_yy - 2 * intercept * sum_y - 2 * beta * sum_xy + intercept ** 2 * cut
+            + 2 * intercept * beta * sum_x + beta ** 2 * sum_xx as power_law_sse,
+    from two_segment_grams
+    where det > 0
+),
+
+two_segments as (
     select
         run_id,
         step,
@@ -161,76 +187,23 @@ two_segments as not materialized (
         arg_min(
             {
                 'b': cut,
-                'sse': head_sse + tail_sse,
-                'power_law_slope': head_slope,
-                'power_law_r2': head_r2,
-                'decay_slope': tail_slope,
-                'head_sse': head_sse,
-                'tail_sse': tail_sse,
-                'sum_x': sum_x,
-                'sum_y': sum_y,
-                'sum_xx': sum_xx,
-                'sum_xy': sum_xy,
-                'sum_yy': sum_yy,
+                'sse': sse,
+                'power_law_slope': beta,
+                'power_law_r2': 1 - greatest(power_law_sse, 0) / nullif(sum_yy - sum_y ** 2 / cut, 0),
+                'decay_slope': beta + gamma,
+                'power_law_intercept': intercept,
+                'decay_intercept': intercept - gamma * u,
             },
-            (greatest(head_sse + tail_sse, sse_resolution), cut)
+            (greatest(sse, sse_resolution), cut)
         ) as fit,
-    from cut_lines
+    from two_segment_lines
     group by run_id, step, layer, token_class, sign
 ),
 
-second_break_sums as (
-    -- step 2's candidates: a second cut c an e-fold or more below b (c ends the plateau, b the
-    -- power law) or above it (b ends the plateau, c the power law); the middle stretch runs
-    -- between the two, whichever comes first
-    select
-        run_id,
-        step,
-        layer,
-        token_class,
-        sign,
-        least(c.cut, two.fit.b) as b1,
-        greatest(c.cut, two.fit.b) as b2,
-        case when c.cut < two.fit.b then c.head_sse + two.fit.tail_sse else two.fit.head_sse + c.tail_sse end
-            as end_sse,
-        c.sse_resolution,
-        abs(two.fit.b - c.cut) as m,
-        sign(two.fit.b - c.cut) * (two.fit.sum_x - c.sum_x) as sx,
-        sign(two.fit.b - c.cut) * (two.fit.sum_y - c.sum_y) as sy,
-        sign(two.fit.b - c.cut) * (two.fit.sum_xx - c.sum_xx) as sxx,
-        sign(two.fit.b - c.cut) * (two.fit.sum_xy - c.sum_xy) as sxy,
-        sign(two.fit.b - c.cut) * (two.fit.sum_yy - c.sum_yy) as syy,
-    from cut_lines as c
-    inner join two_segments as two using (run_id, step, layer, token_class, sign)
-    where abs(ln(c.cut / two.fit.b)) >= 1 and abs(two.fit.b - c.cut) >= 3
-),
-
-second_breaks as (
-    -- step 2: the best of those, by total squared error of the three lines
-    select
-        run_id,
-        step,
-        layer,
-        token_class,
-        sign,
-        arg_min(
-            {'b1': b1, 'b2': b2},
-            (
-                greatest(
-                    end_sse + (syy - sy * sy / m) - (sxy - sx * sy / m) ** 2 / (sxx - sx * sx / m),
-                    sse_resolution
-                ),
-                b1,
-                b2
-            )
-        ) as pair,
-    from second_break_sums
-    group by run_id, step, layer, token_class, sign
-),
-
-middle_sums as (
-    -- step 3's candidates: each pair of cuts a, b within e^0.2 of step 2's b1, b2, with the head
-    -- (0, a] and tail (b, n] from their cuts and the power law (a, b] between
+pair_grams as (
+    -- every pair of cuts a < b that leaves the power law an e-fold of rank and 3 neurons, with
+    -- the normal equations of y = α + β x + γ1 h1 + γ2 h2 (hinges at a and b), centred:
+    -- G [β, γ1, γ2] = [m1, m2, m3], G symmetric with upper triangle g11 .. g33
     select
         run_id,
         step,
@@ -239,40 +212,49 @@ middle_sums as (
         sign,
         a.cut as b1,
         b.cut as b2,
-        a.cut as head_m,
-        a.sum_x as head_sx,
-        a.sum_y as head_sy,
-        a.head_slope,
-        a.head_sse,
-        b.tail_slope,
-        b.tail_sse,
         a.sse_resolution,
-        b.cut - a.cut as m,
-        b.sum_x - a.sum_x as sx,
-        b.sum_y - a.sum_y as sy,
-        (b.sum_xx - a.sum_xx) - (b.sum_x - a.sum_x) ** 2 / m as cxx,
-        (b.sum_xy - a.sum_xy) - (b.sum_x - a.sum_x) * (b.sum_y - a.sum_y) / m as cxy,
-        (b.sum_yy - a.sum_yy) - (b.sum_y - a.sum_y) ** 2 / m as cyy,
-    from second_breaks
-    inner join cut_lines as a using (run_id, step, layer, token_class, sign)
-    inner join cut_lines as b using (run_id, step, layer, token_class, sign)
-    where abs(ln(a.cut / second_breaks.pair.b1)) <= 0.2
-        and abs(ln(b.cut / second_breaks.pair.b2)) <= 0.2
-        and b.cut - a.cut >= 3
-        and ln(b.cut / a.cut) >= 1
+        a.curve_cyy,
+        a.curve_cxx as g11,
+        a.hinge_xh - a.total_x * a.hinge_h / a.n_neurons as g12,
+        b.hinge_xh - a.total_x * b.hinge_h / a.n_neurons as g13,
+        a.hinge_hh - a.hinge_h ** 2 / a.n_neurons as g22,
+        -- over the ranks after b, h1 h2 = (h2 + u_b - u_a) h2
+        b.hinge_hh + (b.u - a.u) * b.hinge_h - a.hinge_h * b.hinge_h / a.n_neurons as g23,
+        b.hinge_hh - b.hinge_h ** 2 / a.n_neurons as g33,
+        a.curve_cxy as m1,
+        a.hinge_yh - a.hinge_h * a.total_y / a.n_neurons as m2,
+        b.hinge_yh - b.hinge_h * a.total_y / a.n_neurons as m3,
+    from cuts as a
+    inner join cuts as b using (run_id, step, layer, token_class, sign)
+    where b.u - a.u >= 1 and b.cut - a.cut >= 3
 ),
 
-middle_lines as (
+pair_adjugates as (
+    -- G's adjugate (symmetric, k11 .. k33) and determinant: G⁻¹ = adjugate / det
     select
         *,
-        cxy / cxx as slope,
-        (sy - cxy / cxx * sx) / m as intercept,
-        greatest(cyy - cxy ** 2 / cxx, 0) as sse,
-        1 - greatest(cyy - cxy ** 2 / cxx, 0) / nullif(cyy, 0) as r2,
-    from middle_sums
+        g22 * g33 - g23 ** 2 as k11,
+        g13 * g23 - g12 * g33 as k12,
+        g12 * g23 - g13 * g22 as k13,
+        g11 * g33 - g13 ** 2 as k22,
+        g12 * g13 - g11 * g23 as k23,
+        g11 * g22 - g12 ** 2 as k33,
+        g11 * k11 + g12 * k12 + g13 * k13 as det,
+    from pair_grams
 ),
 
-three_segments as (
+pair_lines as (
+    select
+        *,
+        (k11 * m1 + k12 * m2 + k13 * m3) / det as beta,
+        (k12 * m1 + k22 * m2 + k23 * m3) / det as gamma1,
+        (k13 * m1 + k23 * m2 + k33 * m3) / det as gamma2,
+        curve_cyy - (beta * m1 + gamma1 * m2 + gamma2 * m3) as sse,
+    from pair_adjugates
+    where det > 0
+),
+
+best_pairs as (
     select
         run_id,
         step,
@@ -280,21 +262,73 @@ three_segments as (
         token_class,
         sign,
         arg_min(
-            {
-                'b1': b1,
-                'b2': b2,
-                'sse': head_sse + sse + tail_sse,
-                'plateau_slope': head_slope,
-                'power_law_slope': slope,
-                'power_law_r2': r2,
-                'decay_slope': tail_slope,
-                -- mean of y minus the power-law line over the plateau's ranks
-                'plateau_lift': (head_sy - intercept * head_m - slope * head_sx) / head_m,
-            },
-            (greatest(head_sse + sse + tail_sse, sse_resolution), b1, b2)
+            {'b1': b1, 'b2': b2, 'sse': sse, 'beta': beta, 'gamma1': gamma1, 'gamma2': gamma2},
+            (greatest(sse, sse_resolution), b1, b2)
         ) as fit,
-    from middle_lines
+    from pair_lines
     group by run_id, step, layer, token_class, sign
+),
+
+three_segments as (
+    -- the best pair's three lines, with the sums over the plateau (ranks 1..b1, from cut a) and
+    -- the power law (b1 + 1..b2, cut b minus cut a)
+    select
+        run_id,
+        step,
+        layer,
+        token_class,
+        sign,
+        fit.b1,
+        fit.b2,
+        fit.sse,
+        fit.beta as plateau_slope,
+        fit.beta + fit.gamma1 as power_law_slope,
+        fit.beta + fit.gamma1 + fit.gamma2 as decay_slope,
+        -- segment by segment, the fitted line is intercept + slope x
+        (a.total_y - fit.beta * a.total_x - fit.gamma1 * a.hinge_h - fit.gamma2 * b.hinge_h) / a.n_neurons
+            as plateau_intercept,
+        plateau_intercept - fit.gamma1 * a.u as power_law_intercept,
+        power_law_intercept - fit.gamma2 * b.u as decay_intercept,
+        a.sum_x as plateau_x,
+        a.sum_y as plateau_y,
+        b.cut - a.cut as power_law_m,
+        b.sum_x - a.sum_x as power_law_x,
+        b.sum_y - a.sum_y as power_law_y,
+        b.sum_xx - a.sum_xx as power_law_xx,
+        b.sum_xy - a.sum_xy as power_law_xy,
+        b.sum_yy - a.sum_yy as power_law_yy,
+    from best_pairs
+    inner join cuts as a using (run_id, step, layer, token_class, sign)
+    inner join cuts as b using (run_id, step, layer, token_class, sign)
+    where a.cut = best_pairs.fit.b1 and b.cut = best_pairs.fit.b2
+),
+
+three_segment_fits as (
+    select
+        run_id,
+        step,
+        layer,
+        token_class,
+        sign,
+        b1,
+        b2,
+        sse,
+        plateau_slope,
+        power_law_slope,
+        decay_slope,
+        plateau_intercept,
+        power_law_intercept,
+        decay_intercept,
+        -- R² of the power law: its squared error about the fitted line over its own ranks
+        1 - greatest(
+            power_law_yy - 2 * power_law_intercept * power_law_y - 2 * power_law_slope * power_law_xy
+                + power_law_intercept ** 2 * power_law_m + 2 * power_law_intercept * power_law_slope * power_law_x
+                + power_law_slope ** 2 * power_law_xx,
+            0
+        ) / nullif(power_law_yy - power_law_y ** 2 / power_law_m, 0) as power_law_r2,
+        -- mean of y minus the power law extrapolated over the plateau's ranks
+        (plateau_y - power_law_intercept * b1 - power_law_slope * plateau_x) / b1 as plateau_lift,
+    from three_segments
 ),
 
 curves as (
@@ -306,25 +340,25 @@ curves as (
         sign,
         any_value(n_neurons) as n_neurons,
         any_value(sse_resolution) as sse_resolution,
-    from cut_lines
+    from cuts
     group by run_id, step, layer, token_class, sign
 ),
 
 compared as (
     select
         curves.*,
-        three_segments.fit as three,
+        three_segment_fits as three,
         two_segments.fit as two,
-        -- BIC with k = 3 lines x 2 + 2 breakpoints against 2 lines x 2 + 1 breakpoint
-        -- (greatest() skips NULLs, hence the explicit case for curves without a fit)
-        case when three_segments.fit is not null then
-            n_neurons * ln(greatest(three_segments.fit.sse, sse_resolution) / n_neurons) + 8 * ln(n_neurons)
+        -- BIC with k = 6 (intercept, 3 slopes, 2 breakpoints) against 4 (intercept, 2 slopes,
+        -- 1 breakpoint); greatest() skips NULLs, hence the explicit case for curves without a fit
+        case when three_segment_fits.sse is not null then
+            n_neurons * ln(greatest(three_segment_fits.sse, sse_resolution) / n_neurons) + 6 * ln(n_neurons)
         end as three_seg_bic,
         case when two_segments.fit is not null then
-            n_neurons * ln(greatest(two_segments.fit.sse, sse_resolution) / n_neurons) + 5 * ln(n_neurons)
+            n_neurons * ln(greatest(two_segments.fit.sse, sse_resolution) / n_neurons) + 4 * ln(n_neurons)
         end as two_seg_bic,
     from curves
-    left join three_segments using (run_id, step, layer, token_class, sign)
+    left join three_segment_fits using (run_id, step, layer, token_class, sign)
     left join two_segments using (run_id, step, layer, token_class, sign)
 ),
 
@@ -359,6 +393,14 @@ final as (
         -- given also where has_plateau is false, so a step-0 baseline has a value to compare with
         three.plateau_lift as plateau_lift,
         has_plateau,
+        -- the verdict's fitted line, segment by segment: ln|ΔLoss| = intercept + slope ln(rank)
+        -- (plateau columns NULL without a plateau; the power law's slope is power_law_slope)
+        case when has_plateau then three.plateau_intercept end as fitted_plateau_intercept,
+        case when has_plateau then three.plateau_slope end as fitted_plateau_slope,
+        case when has_plateau then three.power_law_intercept else two.power_law_intercept end
+            as fitted_power_law_intercept,
+        case when has_plateau then three.decay_intercept else two.decay_intercept end as fitted_decay_intercept,
+        case when has_plateau then three.decay_slope else two.decay_slope end as fitted_decay_slope,
         -- both fits as fitted, whatever the verdict
         three.b1 as three_seg_plateau_end_rank,
         three.b2 + 1 as three_seg_decay_start_rank,

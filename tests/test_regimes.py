@@ -66,9 +66,10 @@ def summary(con, **where) -> dict:
     return rows.row(0, named=True)
 
 
-# A hand-written rare curve: ranks 1-4 at 1.0 (plateau), 5-12 at 2 / r (power law, slope -1,
-# a step below the plateau, over 12 / 4 > e ranks), 13-16 at 0.1 (12 / r)^8 (decay, slope -8).
-PLATEAU_CURVE = [1.0] * 4 + [2 / r for r in range(5, 13)] + [0.1 * (12 / r) ** 8 for r in range(13, 17)]
+# A hand-written rare curve, continuous on ln-ln axes with kinks at ranks 4 and 12: ranks 1-4 at
+# 1.0 (plateau), 5-12 at 4 / r (power law, slope -1, over 12 / 4 > e ranks), 13-16 at
+# (1 / 3)(12 / r)^8 (decay, slope -8).
+PLATEAU_CURVE = [1.0] * 4 + [4 / r for r in range(5, 13)] + [(12 / r) ** 8 / 3 for r in range(13, 17)]
 POWER_LAW_CURVE = [1.0 / r for r in range(1, 17)]
 
 
@@ -131,9 +132,13 @@ def test_regime_summary_on_hand_written_curves():
     assert rare["power_law_r2"] == pytest.approx(1.0)
     assert rare["three_seg_plateau_slope"] == pytest.approx(0.0, abs=1e-12)
     assert rare["three_seg_decay_slope"] == pytest.approx(-8.0)
-    # the plateau at ln 1 = 0 against the power law ln 2 - ln r, over r = 1..4
-    assert rare["plateau_lift"] == pytest.approx(math.log(24) / 4 - math.log(2))
+    # the plateau at ln 1 = 0 against the power law ln 4 - ln r, over r = 1..4: below it
+    assert rare["plateau_lift"] == pytest.approx(math.log(24) / 4 - math.log(4))
     assert rare["delta_bic"] > 0
+    # the fitted line, segment by segment: ln 1 = 0, ln 4 - ln r, ln(1/3) + 8 ln 12 - 8 ln r
+    fitted = [rare[f"fitted_{name}"] for name in ["plateau_intercept", "plateau_slope", "power_law_intercept",
+                                                  "decay_intercept", "decay_slope"]]
+    assert fitted == pytest.approx([0.0, 0.0, math.log(4), math.log(1 / 3) + 8 * math.log(12), -8.0], abs=1e-9)
     # an exact power law: every split fits exactly, ties go to the smallest breakpoints, and
     # three segments lose by BIC
     common = summary(con, token_class="common")
@@ -147,6 +152,38 @@ def test_regime_summary_on_hand_written_curves():
     assert common["power_law_slope"] == pytest.approx(-1.0)
     assert common["plateau_lift"] == pytest.approx(0.0, abs=1e-12)
     assert common["delta_bic"] < 0
+    assert (common["fitted_plateau_intercept"], common["fitted_plateau_slope"]) == (None, None)
+    assert common["fitted_power_law_intercept"] == pytest.approx(0.0, abs=1e-9)
+
+
+def continuous_fit_sse(log_influence: np.ndarray, breaks: list[int]) -> float:
+    """Returns the squared error of the least-squares continuous line with hinges at ln(b) for
+    each break b (numpy's lstsq on the explicit design: the slow path)."""
+    x = np.log(np.arange(1, log_influence.size + 1))
+    design = np.column_stack([np.ones_like(x), x] + [np.maximum(0.0, x - math.log(b)) for b in breaks])
+    coef = np.linalg.lstsq(design, log_influence, rcond=None)[0]
+    return float(((design @ coef - log_influence) ** 2).sum())
+
+
+def test_regime_summary_searches_every_pair_of_cuts_for_the_least_squares_line():
+    # a smoothly bending curve with noise: several local minima, so a stepwise search would miss
+    n = 300
+    rank = np.arange(1, n + 1)
+    influence = np.exp(-np.log(rank) ** 2 / 8 - 0.02 * rank + np.random.default_rng(11).normal(0, 0.05, n))
+    con = warehouse(ablation_rows(influence), views=["neuron_influence", "regime_summary"])
+    fit = summary(con, token_class="rare")
+    y = np.sort(np.log(influence))[::-1]
+    # the cuts: the last rank of each bucket 5 % of rank wide, keeping 3 neurons on either side
+    buckets = np.floor(np.log(rank) / 0.05)
+    cuts = [int(r) for r in rank[:-1] if buckets[r] != buckets[r - 1] and 3 <= r <= n - 3]
+    best = min((continuous_fit_sse(y, [a, b]), a, b) for a in cuts for b in cuts
+               if b - a >= 3 and math.log(b / a) >= 1)
+    assert (fit["three_seg_plateau_end_rank"], fit["three_seg_decay_start_rank"] - 1) == best[1:]
+    two = min((continuous_fit_sse(y, [b]), b) for b in cuts)
+    assert fit["two_seg_decay_start_rank"] - 1 == two[1]
+    # and the squared errors behind the BIC, from the prefix sums, match numpy's
+    bic = lambda sse, k: n * math.log(sse / n) + k * math.log(n)  # noqa: E731
+    assert fit["delta_bic"] == pytest.approx(bic(two[0], 4) - bic(best[0], 6), rel=1e-9)
 
 
 def test_regime_summary_leaves_out_curves_too_short_to_fit():
@@ -241,7 +278,7 @@ def test_regime_dynamics_sets_rare_beside_common_and_each_step_beside_step0():
                     "plateau_lift_gap, plateau_lift_gap_step0, plateau_lift_gap_vs_step0 "
                     "from regime_dynamics where step = 10").fetchall()[0]
     # step 0's exact power law lies on its own extrapolation: lift 0, for rare and common alike
-    lift = math.log(24) / 4 - math.log(2)
+    lift = math.log(24) / 4 - math.log(4)
     assert lifts == pytest.approx((lift, 0.0, lift, lift, 0.0, lift), abs=1e-12)
 
 
@@ -429,19 +466,57 @@ def demo_regime_fits(path: Path) -> pl.DataFrame:
         con.close()
 
 
+def demo_curve(path: Path, fit: dict) -> np.ndarray:
+    """Returns ln|ΔLoss| of the demo curve behind one analysis_regime_fits row, by rank."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return np.array(con.sql(
+            "select log_influence from neuron_influence where run_id = ? and step = ? and layer = ? "
+            "and token_class = ? and sign = ? order by rank",
+            params=[fit[key] for key in ["run_id", "step", "layer", "token_class", "sign"]]).fetchnumpy()["log_influence"])
+    finally:
+        con.close()
+
+
+def huber_fit_loss(log_influence: np.ndarray, breaks: list[int], scale: float) -> float:
+    """Returns the least Huber loss (threshold `scale`) of a continuous line with hinges at ln(b),
+    the hinges held fixed (scipy on the explicit design: a path apart from analyses.regimes)."""
+    from scipy.optimize import least_squares
+    x = np.log(np.arange(1, log_influence.size + 1))
+    design = np.column_stack([np.ones_like(x), x] + [np.maximum(0.0, x - math.log(b)) for b in breaks])
+    start = np.linalg.lstsq(design, log_influence, rcond=None)[0]
+    result = least_squares(lambda c: design @ c - log_influence, start, loss="huber", f_scale=scale)
+    return float(2 * result.cost)
+
+
 @pytest.mark.slow
-def test_python_refinement_mostly_agrees_with_sql_on_the_demo_warehouse(demo_warehouse):
+def test_python_refinement_agrees_with_sql_on_the_demo_warehouse(demo_warehouse):
     fits = demo_regime_fits(demo_warehouse)
     assert fits.height > 0 and fits["refined_from_sql"].all()
-    # measured 50 of 67 plateau curves (75 %); the independent grid fit agrees on 44 (66 %)
-    assert fits["agrees_with_sql"].mean() >= 0.70
-    assert fits["agrees_with_sql"].sum() >= fits["grid_agrees_with_sql"].sum()
+    # measured: 67 of 69 plateau curves (97 %), and the independent grid fit as many
+    assert fits["agrees_with_sql"].mean() >= 0.95
+    assert fits["grid_agrees_with_sql"].mean() >= 0.90
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 3, acceptance 2 is not met: the demo's curves bend smoothly, and on "
-                   "~1 in 4 plateau curves the continuous Huber fit, started at the SQL breakpoints, settles more "
-                   "than 10 % away from them (mostly where the independent grid fit lands too)")
+def test_where_the_demo_fits_disagree_the_losses_differ_not_the_search(demo_warehouse):
+    # Where the Huber refinement moves a break more than 10 %, the SQL's breaks are still the better
+    # least-squares line and the refined ones the better Huber line: least squares and Huber loss
+    # weigh a few outlying neurons differently (measured: the 3 smallest |ΔLoss| of the rare
+    # suppress curves at steps 4 and 8 plunge ~1.5 nats below the decay's line), not a search error.
+    fits = demo_regime_fits(demo_warehouse).filter(~pl.col("agrees_with_sql"))
+    assert fits.height <= 3
+    for fit in fits.iter_rows(named=True):
+        y = demo_curve(demo_warehouse, fit)
+        sql_breaks = [fit["sql_plateau_end_rank"], fit["sql_decay_start_rank"] - 1]
+        robust_breaks = [fit["plateau_end_rank"], fit["decay_start_rank"] - 1]
+        assert continuous_fit_sse(y, sql_breaks) < continuous_fit_sse(y, robust_breaks)
+        assert huber_fit_loss(y, robust_breaks, fit["huber_scale"]) < huber_fit_loss(y, sql_breaks, fit["huber_scale"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 3, acceptance 2: on 2 of the demo's 69 plateau curves the Huber fit "
+                   "settles 10-12 % away from the least-squares breaks (see the test above)")
 def test_python_refinement_agrees_with_sql_on_every_demo_plateau_curve(demo_warehouse):
     fits = demo_regime_fits(demo_warehouse)
     disagree = fits.filter(~pl.col("agrees_with_sql")).select(
