@@ -136,6 +136,8 @@ def _load_error(ref: CheckpointRef, err: Exception) -> RtnError:
 def load_model(ref: CheckpointRef, dtype, device):
     """Returns the causal LM of a checkpoint in eval mode on `device`."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.disable_progress_bar()  # one "Loading weights" bar per checkpoint drowns rtn's own
     try:
         model = AutoModelForCausalLM.from_pretrained(
             ref.source, revision=None if is_local(ref.source) else ref.revision, dtype=dtype)

@@ -118,8 +118,9 @@ running_sums as (
 ),
 
 cuts as materialized (
-    -- (materialized: five steps below read it) every cut with the curve's centred sums and the sums of its hinge h = (x - u)+, u = ln(cut),
-    -- over the ranks after it (tail sums = total - head): h, x h, h², y h
+    -- every cut with the curve's centred sums and the sums of its hinge h = (x - u)+, u = ln(cut),
+    -- over the ranks after it (tail sums = total - head): h, x h, h², y h. Materialized: five
+    -- steps below read it.
     select
         run_id,
         step,

@@ -470,10 +470,11 @@ def demo_curve(path: Path, fit: dict) -> np.ndarray:
     """Returns ln|ΔLoss| of the demo curve behind one analysis_regime_fits row, by rank."""
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return np.array(con.sql(
+        rows = con.sql(
             "select log_influence from neuron_influence where run_id = ? and step = ? and layer = ? "
             "and token_class = ? and sign = ? order by rank",
-            params=[fit[key] for key in ["run_id", "step", "layer", "token_class", "sign"]]).fetchnumpy()["log_influence"])
+            params=[fit[key] for key in ["run_id", "step", "layer", "token_class", "sign"]])
+        return rows.fetchnumpy()["log_influence"]
     finally:
         con.close()
 
