@@ -184,6 +184,18 @@ def test_regime_summary_searches_every_pair_of_cuts_for_the_least_squares_line()
     # and the squared errors behind the BIC, from the prefix sums, match numpy's
     bic = lambda sse, k: n * math.log(sse / n) + k * math.log(n)  # noqa: E731
     assert fit["delta_bic"] == pytest.approx(bic(two[0], 4) - bic(best[0], 6), rel=1e-9)
+    # as do the line's slopes, the power law's R² over its ranks and the plateau's lift
+    b1, b2 = best[1:]
+    x = np.log(rank)
+    design = np.column_stack([np.ones(n), x, np.maximum(0, x - math.log(b1)), np.maximum(0, x - math.log(b2))])
+    alpha, beta, gamma1, gamma2 = np.linalg.lstsq(design, y, rcond=None)[0]
+    assert [fit["three_seg_plateau_slope"], fit["three_seg_power_law_slope"], fit["three_seg_decay_slope"]] == (
+        pytest.approx([beta, beta + gamma1, beta + gamma1 + gamma2], rel=1e-9))
+    power_law = alpha - gamma1 * math.log(b1) + (beta + gamma1) * x        # the middle line, every rank
+    middle = slice(b1, b2)
+    r2 = 1 - ((y[middle] - power_law[middle]) ** 2).sum() / ((y[middle] - y[middle].mean()) ** 2).sum()
+    assert fit["plateau_lift"] == pytest.approx((y[:b1] - power_law[:b1]).mean(), rel=1e-9)
+    assert fit["has_plateau"] and fit["power_law_r2"] == pytest.approx(r2, rel=1e-9)
 
 
 def test_regime_summary_leaves_out_curves_too_short_to_fit():
