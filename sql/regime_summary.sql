@@ -171,9 +171,6 @@ two_segment_lines as (
         (g11 * m2 - g12 * curve_cxy) / det as gamma,
         curve_cyy - (beta * curve_cxy + gamma * m2) as sse,
         (total_y - beta * total_x - gamma * hinge_h) / n_neurons as intercept,
-        -- the power law's squared error about its fitted line, over ranks 1..cut
-        sum_yy - 2 * intercept * sum_y - 2 * beta * sum_xy + intercept ** 2 * cut
-            + 2 * intercept * beta * sum_x + beta ** 2 * sum_xx as power_law_sse,
     from two_segment_grams
     where det > 0
 ),
@@ -189,10 +186,12 @@ two_segments as (
             {
                 'b': cut,
                 'sse': sse,
-                'power_law_slope': beta,
-                'power_law_r2': 1 - greatest(power_law_sse, 0) / nullif(sum_yy - sum_y ** 2 / cut, 0),
+                -- the power law's line and the sums over its ranks (1..cut)
+                'power_law': {
+                    'intercept': intercept, 'slope': beta,
+                    'm': cut, 'x': sum_x, 'y': sum_y, 'xx': sum_xx, 'xy': sum_xy, 'yy': sum_yy,
+                },
                 'decay_slope': beta + gamma,
-                'power_law_intercept': intercept,
                 'decay_intercept': intercept - gamma * u,
             },
             (greatest(sse, sse_resolution), cut)
@@ -282,22 +281,24 @@ three_segments as (
         fit.b1,
         fit.b2,
         fit.sse,
-        fit.beta as plateau_slope,
-        fit.beta + fit.gamma1 as power_law_slope,
-        fit.beta + fit.gamma1 + fit.gamma2 as decay_slope,
         -- segment by segment, the fitted line is intercept + slope x
+        fit.beta as plateau_slope,
         (a.total_y - fit.beta * a.total_x - fit.gamma1 * a.hinge_h - fit.gamma2 * b.hinge_h) / a.n_neurons
             as plateau_intercept,
-        plateau_intercept - fit.gamma1 * a.u as power_law_intercept,
-        power_law_intercept - fit.gamma2 * b.u as decay_intercept,
+        {
+            'intercept': plateau_intercept - fit.gamma1 * a.u,
+            'slope': fit.beta + fit.gamma1,
+            'm': b.cut - a.cut,
+            'x': b.sum_x - a.sum_x,
+            'y': b.sum_y - a.sum_y,
+            'xx': b.sum_xx - a.sum_xx,
+            'xy': b.sum_xy - a.sum_xy,
+            'yy': b.sum_yy - a.sum_yy,
+        } as power_law,
+        fit.beta + fit.gamma1 + fit.gamma2 as decay_slope,
+        plateau_intercept - fit.gamma1 * a.u - fit.gamma2 * b.u as decay_intercept,
         a.sum_x as plateau_x,
         a.sum_y as plateau_y,
-        b.cut - a.cut as power_law_m,
-        b.sum_x - a.sum_x as power_law_x,
-        b.sum_y - a.sum_y as power_law_y,
-        b.sum_xx - a.sum_xx as power_law_xx,
-        b.sum_xy - a.sum_xy as power_law_xy,
-        b.sum_yy - a.sum_yy as power_law_yy,
     from best_pairs
     inner join cuts as a using (run_id, step, layer, token_class, sign)
     inner join cuts as b using (run_id, step, layer, token_class, sign)
@@ -315,20 +316,12 @@ three_segment_fits as (
         b2,
         sse,
         plateau_slope,
-        power_law_slope,
-        decay_slope,
         plateau_intercept,
-        power_law_intercept,
+        power_law,
+        decay_slope,
         decay_intercept,
-        -- R² of the power law: its squared error about the fitted line over its own ranks
-        1 - greatest(
-            power_law_yy - 2 * power_law_intercept * power_law_y - 2 * power_law_slope * power_law_xy
-                + power_law_intercept ** 2 * power_law_m + 2 * power_law_intercept * power_law_slope * power_law_x
-                + power_law_slope ** 2 * power_law_xx,
-            0
-        ) / nullif(power_law_yy - power_law_y ** 2 / power_law_m, 0) as power_law_r2,
         -- mean of y minus the power law extrapolated over the plateau's ranks
-        (plateau_y - power_law_intercept * b1 - power_law_slope * plateau_x) / b1 as plateau_lift,
+        (plateau_y - power_law.intercept * b1 - power_law.slope * plateau_x) / b1 as plateau_lift,
     from three_segments
 ),
 
@@ -368,9 +361,11 @@ verdicts as (
         *,
         coalesce(
             three_seg_bic < two_seg_bic
-                and abs(three.plateau_slope) < 0.5 * abs(three.power_law_slope),
+                and abs(three.plateau_slope) < 0.5 * abs(three.power_law.slope),
             false
         ) as has_plateau,
+        -- the verdict's power law: its line and the sums over its ranks
+        case when has_plateau then three.power_law else two.power_law end as power_law,
     from compared
 ),
 
@@ -387,9 +382,14 @@ final as (
         case when has_plateau then three.b2 + 1 else two.b + 1 end as decay_start_rank,
         case when has_plateau then three.b1 else 0 end as plateau_size,
         case when has_plateau then three.b1 else 0 end / n_neurons as plateau_fraction,
-        case when has_plateau then three.power_law_slope else two.power_law_slope end
-            as power_law_slope,
-        case when has_plateau then three.power_law_r2 else two.power_law_r2 end as power_law_r2,
+        power_law.slope as power_law_slope,
+        -- R² of the power law: its squared error about the fitted line over its own ranks
+        1 - greatest(
+            power_law.yy - 2 * power_law.intercept * power_law.y - 2 * power_law.slope * power_law.xy
+                + power_law.intercept ** 2 * power_law.m + 2 * power_law.intercept * power_law.slope * power_law.x
+                + power_law.slope ** 2 * power_law.xx,
+            0
+        ) / nullif(power_law.yy - power_law.y ** 2 / power_law.m, 0) as power_law_r2,
         -- the fitted first segment's mean lift above the power law extrapolated to its ranks;
         -- given also where has_plateau is false, so a step-0 baseline has a value to compare with
         three.plateau_lift as plateau_lift,
@@ -398,19 +398,18 @@ final as (
         -- (plateau columns NULL without a plateau; the power law's slope is power_law_slope)
         case when has_plateau then three.plateau_intercept end as fitted_plateau_intercept,
         case when has_plateau then three.plateau_slope end as fitted_plateau_slope,
-        case when has_plateau then three.power_law_intercept else two.power_law_intercept end
-            as fitted_power_law_intercept,
+        power_law.intercept as fitted_power_law_intercept,
         case when has_plateau then three.decay_intercept else two.decay_intercept end as fitted_decay_intercept,
         case when has_plateau then three.decay_slope else two.decay_slope end as fitted_decay_slope,
         -- both fits as fitted, whatever the verdict
         three.b1 as three_seg_plateau_end_rank,
         three.b2 + 1 as three_seg_decay_start_rank,
         three.plateau_slope as three_seg_plateau_slope,
-        three.power_law_slope as three_seg_power_law_slope,
+        three.power_law.slope as three_seg_power_law_slope,
         three.decay_slope as three_seg_decay_slope,
         three_seg_bic,
         two.b + 1 as two_seg_decay_start_rank,
-        two.power_law_slope as two_seg_power_law_slope,
+        two.power_law.slope as two_seg_power_law_slope,
         two.decay_slope as two_seg_decay_slope,
         two_seg_bic,
         two_seg_bic - three_seg_bic as delta_bic,  -- > 0: three segments fit better
