@@ -156,13 +156,19 @@ def test_regime_summary_on_hand_written_curves():
     assert common["fitted_power_law_intercept"] == pytest.approx(0.0, abs=1e-9)
 
 
-def continuous_fit_sse(log_influence: np.ndarray, breaks: list[int]) -> float:
-    """Returns the squared error of the least-squares continuous line with hinges at ln(b) for
-    each break b (numpy's lstsq on the explicit design: the slow path)."""
-    x = np.log(np.arange(1, log_influence.size + 1))
-    design = np.column_stack([np.ones_like(x), x] + [np.maximum(0.0, x - math.log(b)) for b in breaks])
+def hinge_design(n: int, breaks: list[int]) -> np.ndarray:
+    """Returns the explicit design [n, 2 + len(breaks)] of a continuous line on x = ln(rank):
+    1, x and (x - ln b)+ for each break b."""
+    x = np.log(np.arange(1, n + 1))
+    return np.column_stack([np.ones_like(x), x] + [np.maximum(0.0, x - math.log(b)) for b in breaks])
+
+
+def continuous_fit(log_influence: np.ndarray, breaks: list[int]) -> tuple[float, np.ndarray]:
+    """Returns (squared error, coefficients) of the least-squares continuous line with hinges at
+    ln(b) for each break b (numpy's lstsq on the explicit design: the slow path)."""
+    design = hinge_design(log_influence.size, breaks)
     coef = np.linalg.lstsq(design, log_influence, rcond=None)[0]
-    return float(((design @ coef - log_influence) ** 2).sum())
+    return float(((design @ coef - log_influence) ** 2).sum()), coef
 
 
 def test_regime_summary_searches_every_pair_of_cuts_for_the_least_squares_line():
@@ -176,10 +182,10 @@ def test_regime_summary_searches_every_pair_of_cuts_for_the_least_squares_line()
     # the cuts: the last rank of each bucket 5 % of rank wide, keeping 3 neurons on either side
     buckets = np.floor(np.log(rank) / 0.05)
     cuts = [int(r) for r in rank[:-1] if buckets[r] != buckets[r - 1] and 3 <= r <= n - 3]
-    best = min((continuous_fit_sse(y, [a, b]), a, b) for a in cuts for b in cuts
+    best = min((continuous_fit(y, [a, b])[0], a, b) for a in cuts for b in cuts
                if b - a >= 3 and math.log(b / a) >= 1)
     assert (fit["three_seg_plateau_end_rank"], fit["three_seg_decay_start_rank"] - 1) == best[1:]
-    two = min((continuous_fit_sse(y, [b]), b) for b in cuts)
+    two = min((continuous_fit(y, [b])[0], b) for b in cuts)
     assert fit["two_seg_decay_start_rank"] - 1 == two[1]
     # and the squared errors behind the BIC, from the prefix sums, match numpy's
     bic = lambda sse, k: n * math.log(sse / n) + k * math.log(n)  # noqa: E731
@@ -187,8 +193,7 @@ def test_regime_summary_searches_every_pair_of_cuts_for_the_least_squares_line()
     # as do the line's slopes, the power law's R² over its ranks and the plateau's lift
     b1, b2 = best[1:]
     x = np.log(rank)
-    design = np.column_stack([np.ones(n), x, np.maximum(0, x - math.log(b1)), np.maximum(0, x - math.log(b2))])
-    alpha, beta, gamma1, gamma2 = np.linalg.lstsq(design, y, rcond=None)[0]
+    alpha, beta, gamma1, gamma2 = continuous_fit(y, [b1, b2])[1]
     assert [fit["three_seg_plateau_slope"], fit["three_seg_power_law_slope"], fit["three_seg_decay_slope"]] == (
         pytest.approx([beta, beta + gamma1, beta + gamma1 + gamma2], rel=1e-9))
     power_law = alpha - gamma1 * math.log(b1) + (beta + gamma1) * x        # the middle line, every rank
@@ -495,9 +500,8 @@ def huber_fit_loss(log_influence: np.ndarray, breaks: list[int], scale: float) -
     """Returns the least Huber loss (threshold `scale`) of a continuous line with hinges at ln(b),
     the hinges held fixed (scipy on the explicit design: a path apart from analyses.regimes)."""
     from scipy.optimize import least_squares
-    x = np.log(np.arange(1, log_influence.size + 1))
-    design = np.column_stack([np.ones_like(x), x] + [np.maximum(0.0, x - math.log(b)) for b in breaks])
-    start = np.linalg.lstsq(design, log_influence, rcond=None)[0]
+    design = hinge_design(log_influence.size, breaks)
+    start = continuous_fit(log_influence, breaks)[1]
     result = least_squares(lambda c: design @ c - log_influence, start, loss="huber", f_scale=scale)
     return float(2 * result.cost)
 
@@ -523,7 +527,7 @@ def test_where_the_demo_fits_disagree_the_losses_differ_not_the_search(demo_ware
         y = demo_curve(demo_warehouse, fit)
         sql_breaks = [fit["sql_plateau_end_rank"], fit["sql_decay_start_rank"] - 1]
         robust_breaks = [fit["plateau_end_rank"], fit["decay_start_rank"] - 1]
-        assert continuous_fit_sse(y, sql_breaks) < continuous_fit_sse(y, robust_breaks)
+        assert continuous_fit(y, sql_breaks)[0] < continuous_fit(y, robust_breaks)[0]
         assert huber_fit_loss(y, robust_breaks, fit["huber_scale"]) < huber_fit_loss(y, sql_breaks, fit["huber_scale"])
 
 
