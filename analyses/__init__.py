@@ -8,6 +8,7 @@ import torch. `rtn analyze [--run NAME]` runs them all:
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 from datetime import datetime, timezone
 import sys
@@ -19,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 import rtn
+import sql
 from rtn import warehouse
 
 # Each module exposes compute(con, run_id) -> {analysis table: polars rows of that run}.
@@ -32,10 +34,20 @@ def available_modules() -> list[str]:
     return [name for name in MODULES if (here / f"{name.split('.')[-1]}.py").exists()]
 
 
+def code_version() -> str:
+    """Returns rtn's version with a digest of the code the analysis tables come from (the views in
+    sql/ and the modules of analyses/), so analyses made by other code count as stale."""
+    digest = hashlib.sha256()
+    views = [path for _, path in sorted(sql.view_files().items())]
+    for path in views + sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{rtn.__version__}+{digest.hexdigest()[:12]}"
+
+
 def _up_to_date(con, run: str) -> bool:
     """Returns True when the run's analyses were computed by this code over its current steps."""
     row = con.execute("select steps, code_version from analysis_runs where run_id = ?", [run]).fetchone()
-    return row is not None and list(row[0]) == warehouse.done_steps(con, run) and row[1] == rtn.__version__
+    return row is not None and list(row[0]) == warehouse.done_steps(con, run) and row[1] == code_version()
 
 
 def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = False) -> dict[str, int]:
@@ -69,7 +81,7 @@ def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = 
                 warehouse.replace_rows(con, table, rows, run_id=run)
                 written[table] = written.get(table, 0) + rows.height
             warehouse.replace_rows(con, "analysis_runs", pl.DataFrame([{
-                "run_id": run, "steps": steps, "code_version": rtn.__version__,
+                "run_id": run, "steps": steps, "code_version": code_version(),
                 "seconds": time.perf_counter() - run_started,
                 "analyzed_at": datetime.now(timezone.utc).replace(tzinfo=None)}]), run_id=run)
     if written:

@@ -7,9 +7,10 @@
 On a machine with few cores, run with OPENBLAS_NUM_THREADS=1: scipy's least_squares takes an SVD
 of the tall Jacobian every iteration, which OpenBLAS threads make ~100x slower when they contend.
 
-The SQL fits the same continuous line by least squares, with its hinges on ranks from a grid
-(every pair of candidate breakpoints); this one treats the breakpoints as free parameters and
-down-weights outlying neurons. It is a refinement of the SQL fit: it starts from
+The SQL fits the same continuous line with its hinges on ranks from a grid, by least squares over
+every pair of candidate breakpoints and then one Huber-reweighted step; this one treats the
+breakpoints as free parameters and minimises the Huber loss itself (scipy), computing its own
+threshold the same way. It is a refinement of the SQL fit: it starts from
 regime_summary's three_seg_* breakpoints and lets each move by WINDOW or more (in ln rank, much
 wider than the AGREEMENT criterion, so a wrong SQL break is still pulled away and disagreement shows).
 Agreement then says the SQL breakpoints sit where a continuous, robust fit of the curve puts them.
