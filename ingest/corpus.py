@@ -70,7 +70,7 @@ def prepare(config: IngestConfig, corpus_spec: str, tokenizer, model_vocab: int)
     eos = tokenizer.eos_token_id
     special = set(tokenizer.all_special_ids)
     stream = []
-    for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(documents, add_special_tokens=False, verbose=False)["input_ids"]:
         stream.extend(ids)
         if eos is not None:
             stream.append(eos)  # documents joined by end-of-text, as Pythia's training data

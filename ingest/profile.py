@@ -22,6 +22,7 @@ def save_random_family(root: Path, shape_name: str, size: int, seed: int = 0, lo
     """Writes `size` random checkpoints of a bench shape (root/step0, step1, step2, step4, ...), a synthetic
     corpus (root/corpus.jsonl) and its tokenizer (root); returns root."""
     import torch
+    from transformers.utils import logging as transformers_logging
 
     from ingest import synthetic
     from ingest.bench import SHAPES, random_model
@@ -35,6 +36,7 @@ def save_random_family(root: Path, shape_name: str, size: int, seed: int = 0, lo
     synthetic.write_corpus(corpus, root / synthetic.CORPUS_FILE)
     synthetic.train_tokenizer(corpus.documents, root, model_max_length=2048)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    transformers_logging.disable_progress_bar()  # a "Writing model shards" bar per checkpoint drowns the log
     for k, step in enumerate([0] + [2 ** j for j in range(size - 1)]):   # log-spaced, like Pythia's first steps
         started = time.perf_counter()
         model = random_model(SHAPES[shape_name], device, seed=seed + k)

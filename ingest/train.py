@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers.utils import logging as transformers_logging
 
 from ingest.synthetic import DemoConfig, cache_key
 
@@ -59,7 +60,7 @@ def token_sequences(tokenizer, documents: list[str], seq_len: int) -> torch.Tens
     """Returns token ids [n_sequences, seq_len]: the documents joined by <|endoftext|> (led by one), cut into rows."""
     eos = tokenizer.eos_token_id
     stream = [eos]
-    for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(documents, add_special_tokens=False, verbose=False)["input_ids"]:
         stream += ids + [eos]
     n_sequences = len(stream) // seq_len  # the ragged tail is dropped
     return torch.tensor(stream[: n_sequences * seq_len], dtype=torch.long).view(n_sequences, seq_len)
@@ -104,6 +105,7 @@ def _train(out_dir: Path, config: DemoConfig, tokenizer, documents: list[str]) -
         raise ValueError(f"corpus gives {len(train_rows)} training sequences, fewer than batch_size; "
                          "raise n_documents")
 
+    transformers_logging.disable_progress_bar()  # a "Writing model shards" bar per checkpoint drowns training's
     torch.manual_seed(config.seed)
     model = GPTNeoXForCausalLM(_model_config(config, tokenizer))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
