@@ -7,9 +7,10 @@
 --   three segments (plateau, power law, decay) y = α + β x + γ1 (x - ln b1)+ + γ2 (x - ln b2)+
 -- Candidate breakpoints ("cuts") are the last ranks of log-spaced buckets 5 % of rank wide (every
 -- rank below 20); those that also end a bucket 10 % wide are "coarse" cuts (every rank below 10,
--- then about every second cut). Running sums of 1, x, y, x², xy, y² at each cut, and of its hinge h = (x - ln cut)+ against 1, x, h and y over the
--- ranks after it, give any fit's normal equations in O(1): 2 x 2 (one hinge) or 3 x 3 (two
--- hinges) once the intercept is eliminated, solved in closed form. The fit takes two iterations:
+-- then about every second cut). Running sums of 1, x, y, x², xy, y² at each cut, and of its
+-- hinge h = (x - ln cut)+ against 1, x, h and y over the ranks after it, give any fit's normal
+-- equations in O(1): 2 x 2 (one hinge) or 3 x 3 (two hinges) once the intercept is eliminated,
+-- solved in closed form. The fit takes two iterations:
 --   1. least squares, exhaustive: every cut for two segments, every pair of coarse cuts for three
 --      (on smoothly bending curves the squared error has several local minima, and a stepwise
 --      search, best single break then the best second one, stops in the wrong one);
@@ -602,8 +603,8 @@ compared as (
         three_segments as three,
         two_segments.fit as two,
         -- BIC with k = 6 (intercept, 3 slopes, 2 breakpoints) against 4 (intercept, 2 slopes,
-        -- 1 breakpoint), both from iteration 1; greatest() skips NULLs, hence the explicit case
-        -- for curves without a three-segment fit
+        -- 1 breakpoint), both least squares on the coarse cuts; greatest() skips NULLs, hence the
+        -- explicit case for curves without a three-segment fit
         case when three_segments.least_squares is not null then
             n_neurons * ln(greatest(three_segments.least_squares.sse, sse_resolution) / n_neurons)
                 + 6 * ln(n_neurons)
