@@ -317,7 +317,8 @@ least_squares_pairs as (
 -- ---- iteration 2: one Huber step for three segments, breakpoints within 0.5 of ln rank -------
 
 huber_residuals as (
-    -- iteration 1's residual at every rank i
+    -- iteration 1's residual at every rank i (the lambda reads the line as `fit`: DuckDB takes
+    -- `start.intercept` there for a table named start)
     select
         run_id,
         step,
