@@ -230,8 +230,8 @@ def page_spectra(runs: pl.DataFrame, selected: list[str]) -> None:
     if not spectra.height:
         return st.info(f"No weight spectra for {run_id} (ingested with --no-spectra?).")
     matrices = spectra["matrix"].unique(maintain_order=True).to_list()
-    studied = spectra.filter(pl.col("layer") == layer, pl.col("matrix").str.contains("mlp"))["matrix"]
-    default = studied[0] if studied.len() else matrices[0]   # an MLP matrix of the studied layer
+    studied = spectra.filter(pl.col("layer") == layer, pl.col("role") == "mlp_out")["matrix"]
+    default = studied[0] if studied.len() else matrices[0]   # the studied layer's W_out (role from the adapter)
     matrix = st.selectbox("Matrix", matrices, index=matrices.index(default), key="matrix")
     steps = spectra.filter(pl.col("matrix") == matrix)["step"].to_list()
     chosen = st.multiselect("Steps", steps, default=sorted({steps[0], steps[-1]}), key="spectra_steps")

@@ -3,16 +3,15 @@
 They read the warehouse's tables and views, compute with numpy/scipy/networkx, and never
 import torch. `rtn analyze [--run NAME]` runs them all:
 
-    from analyses import run_analyses
+    from rtn.analyses import run_analyses
     run_analyses("warehouse.duckdb", run_id="demo")
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
-from datetime import datetime, timezone
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -20,18 +19,12 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 import rtn
-import sql
-from rtn import warehouse
+from rtn import sql, warehouse
+from rtn.analyses import geometry, group_ablation, group_spectra, modularity, regimes
+from rtn.errors import RtnError
 
 # Each module exposes compute(con, run_id) -> {analysis table: polars rows of that run}.
-MODULES = ("analyses.regimes", "analyses.geometry", "analyses.modularity", "analyses.group_spectra",
-           "analyses.group_ablation")
-
-
-def available_modules() -> list[str]:
-    """Returns the analysis modules present in this checkout."""
-    here = Path(__file__).resolve().parent
-    return [name for name in MODULES if (here / f"{name.split('.')[-1]}.py").exists()]
+MODULES = (regimes, geometry, modularity, group_spectra, group_ablation)
 
 
 def code_version() -> str:
@@ -55,12 +48,10 @@ def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = 
 
     only_stale skips runs whose analyses already cover every ingested step (`rtn demo` re-runs).
     """
-    with warehouse.writing(path):   # applies the current views and tables before reading
-        pass
+    warehouse.update_schema(path)   # the views must be this code's before anything is read through them
     with warehouse.reading(path) as con:
         runs = [r[0] for r in con.execute("select run_id from runs order by run_id").fetchall()]
     if run_id is not None and run_id not in runs:
-        from rtn.errors import RtnError
         raise RtnError(f"no run {run_id!r} in {path}; runs: {', '.join(runs) or 'none (run `rtn demo`)'}")
     written: dict[str, int] = {}
     started = time.perf_counter()
@@ -74,8 +65,8 @@ def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = 
         results = {}
         # Small dense problems: a multi-threaded BLAS only fights over the cores (~100x slower fits here).
         with warehouse.reading(path) as con, threadpool_limits(limits=1, user_api="blas"):
-            for name in tqdm(available_modules(), desc=f"analyze {run}", file=sys.stderr, disable=None):
-                results.update(importlib.import_module(name).compute(con, run))
+            for module in tqdm(MODULES, desc=f"analyze {run}", file=sys.stderr, disable=None):
+                results.update(module.compute(con, run))
         with warehouse.writing(path) as con:
             for table, rows in results.items():
                 warehouse.replace_rows(con, table, rows, run_id=run)

@@ -1,6 +1,6 @@
 """Activation geometry of neuron groups at rare-target samples -> `analysis_geometry`.
 
-    from analyses import geometry
+    from rtn.analyses import geometry
     tables = geometry.compute(con, "demo")        # {"analysis_geometry": polars.DataFrame}
 
 Pairwise cosine and Pearson statistics come from the `group_pair_stats` view; effective
@@ -93,11 +93,16 @@ def _pair_statistics(stats: pl.DataFrame) -> pl.DataFrame:
     return within.join(versus_random, on=[*keys, "group_name"], how="full", coalesce=True)
 
 
-def compute(con, run_id: str) -> dict[str, pl.DataFrame]:
-    """Returns {"analysis_geometry": one row per (run_id, step, layer, group_name)} of a run."""
-    groups = con.sql(
+def group_members(con, run_id: str) -> pl.DataFrame:
+    """Returns (step, layer, group_name, neurons: sorted list) of every neuron group of a run (the neuron_groups view)."""
+    return con.sql(
         "select step, layer, group_name, list(neuron order by neuron) as neurons from neuron_groups "
         "where run_id = ? group by all order by all", params=[run_id]).pl()
+
+
+def compute(con, run_id: str) -> dict[str, pl.DataFrame]:
+    """Returns {"analysis_geometry": one row per (run_id, step, layer, group_name)} of a run."""
+    groups = group_members(con, run_id)
     stats = con.sql("select * from group_pair_stats where run_id = ?", params=[run_id]).pl()
     rows = []
     for (step, layer), members in groups.group_by(["step", "layer"], maintain_order=True):

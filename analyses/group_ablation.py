@@ -1,6 +1,6 @@
 """Group-ablation synergy: joint ΔLoss of a group against the sum of its members' ΔLoss -> `analysis_group_ablation`.
 
-    from analyses import group_ablation
+    from rtn.analyses import group_ablation
     tables = group_ablation.compute(con, "demo")   # {"analysis_group_ablation": polars.DataFrame}
 
 joint_delta is the exact joint mean ablation (`group_ablation_deltas`, written by ingest);

@@ -1,6 +1,6 @@
 """Per-group heavy-tail estimate of neuron weight vectors (the papers' Hill α) -> `analysis_group_spectra`.
 
-    from analyses import group_spectra
+    from rtn.analyses import group_spectra
     tables = group_spectra.compute(con, "demo")   # {"analysis_group_spectra": polars.DataFrame}
 
 For a group of m neurons and one weight matrix (w_in or w_out): stack the neurons' d-dimensional
@@ -16,7 +16,7 @@ import math
 import numpy as np
 import polars as pl
 
-from analyses.geometry import zscore_columns
+from rtn.analyses.geometry import zscore_columns
 
 TAIL_FRACTION = 0.1   # k = max(1, floor(TAIL_FRACTION * m)) top eigenvalues enter the Hill estimator
 MATRICES = ("w_in", "w_out")

@@ -1,6 +1,6 @@
 """Louvain modularity of neuron-group activation graphs, with a permutation test.
 
-    from analyses import modularity
+    from rtn.analyses import modularity
     tables = modularity.compute(con, "demo")   # {"analysis_modularity": ..., "analysis_communities": ...}
 
 A group's graph (the `modularity_edges` view) has the group's neurons as nodes and |Pearson r|
@@ -23,7 +23,7 @@ import networkx as nx
 import numpy as np
 import polars as pl
 
-from analyses.geometry import rare_activation_matrix
+from rtn.analyses.geometry import group_members, rare_activation_matrix
 
 
 @dataclass
@@ -156,9 +156,7 @@ def _edge_matrix(edges: pl.DataFrame, neurons: list[int], column: str) -> np.nda
 def compute(con, run_id: str, config: ModularityConfig | None = None) -> dict[str, pl.DataFrame]:
     """Returns {"analysis_modularity", "analysis_communities"} for every group graph of a run."""
     config = config or ModularityConfig()
-    groups = con.sql(
-        "select step, layer, group_name, list(neuron order by neuron) as neurons from neuron_groups "
-        "where run_id = ? group by all order by all", params=[run_id]).pl()
+    groups = group_members(con, run_id)
     edges = con.sql(
         "select step, layer, group_name, neuron_a, neuron_b, weight, signed_weight from modularity_edges "
         "where run_id = ?", params=[run_id]).pl()

@@ -1,7 +1,7 @@
 """Robust cross-check of the SQL regime fit (regime_summary): a continuous three-segment line
 (plateau, power law, decay) on ln|ΔLoss| against ln(rank), refined with a Huber loss.
 
-    from analyses import regimes
+    from rtn.analyses import regimes
     tables = regimes.compute(con, "demo")   # {"analysis_regime_fits": polars.DataFrame}
 
 On a machine with few cores, run with OPENBLAS_NUM_THREADS=1: scipy's least_squares takes an SVD

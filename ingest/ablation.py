@@ -23,134 +23,20 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-LOG2E = 1.0 / math.log(2.0)    # exp(x) = 2^(x log2 e): exp2 is the cheaper instruction on CPUs and GPUs alike
-LN2 = math.log(2.0)
+from rtn.ingest.ablation_terms import AblationTerms, ablation_terms, prepare, recompute_overflows
+from rtn.ingest.readout import Readout, cross_entropy
+
 COMPILE_MIN_ELEMENTS = 2e10    # tokens x neurons x vocabulary from which the CPU path compiles its fused loop
 COMPILED_NEURONS = 64          # neurons per call of the compiled loop (tokens: _compiled_block); fixed shapes compile once
 EAGER_CHUNK = 1 << 20          # elements of [tokens, neurons, V] per eager step: about what the caches hold
 SMALLEST_SUM = 2.0 ** -64      # an exp2 sum below this had its largest terms near float32's denormals: recompute
 
 
-@dataclass
-class Readout:
-    """The final norm and unembedding: everything after the last block."""
-    gamma: torch.Tensor        # [d] norm scale
-    beta: torch.Tensor         # [d] norm shift (zeros for RMSNorm)
-    eps: float
-    centred: bool              # LayerNorm subtracts the mean; RMSNorm does not
-    W_U: torch.Tensor          # [V, d]
-    b_U: torch.Tensor          # [V] (zeros when the unembedding has no bias)
-
-    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> "Readout":
-        move = lambda t: t.to(device=device or t.device, dtype=dtype)
-        return Readout(move(self.gamma), move(self.beta), self.eps, self.centred, move(self.W_U), move(self.b_U))
-
-    def centre(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns x mean-centred over its last axis for LayerNorm, x itself for RMSNorm."""
-        return x - x.mean(-1, keepdim=True) if self.centred else x
-
-    def logits(self, resid: torch.Tensor) -> torch.Tensor:
-        """Returns the logits [N, V] of final residuals [N, d], as the model computes them."""
-        r = self.centre(resid)
-        scale = torch.sqrt((r * r).mean(-1, keepdim=True) + self.eps)
-        return (r / scale * self.gamma + self.beta) @ self.W_U.T + self.b_U
-
-
-def readout_of(norm: nn.Module, unembed: nn.Module) -> Readout:
-    """Returns the Readout of a model's final norm (LayerNorm or RMSNorm) and unembedding."""
-    gamma = norm.weight.detach()
-    centred = isinstance(norm, nn.LayerNorm)
-    beta = norm.bias.detach() if centred and norm.bias is not None else torch.zeros_like(gamma)
-    eps = float(getattr(norm, "eps", None) or getattr(norm, "variance_epsilon"))
-    W_U = unembed.weight.detach()
-    b_U = unembed.bias.detach() if getattr(unembed, "bias", None) is not None else torch.zeros(W_U.shape[0], dtype=W_U.dtype)
-    return Readout(gamma, beta, eps, centred, W_U, b_U.to(W_U.device))
-
-
-def token_losses(resid: torch.Tensor, targets: torch.Tensor, readout: Readout) -> torch.Tensor:
-    """Returns the clean cross-entropy loss [N] of predicting `targets` from residuals [N, d]."""
-    logits = readout.logits(resid)
-    return torch.logsumexp(logits, -1) - logits.gather(1, targets[:, None])[:, 0]
-
-
-@dataclass
-class _Prepared:
-    A: torch.Tensor        # [N, V]  W_U (gamma * r~)
-    b: torch.Tensor        # [V]
-    rr: torch.Tensor       # [N]     |r~|^2
-    rw: torch.Tensor       # [N, n]  r~ . w~
-    ww: torch.Tensor       # [n, n]  w~ . w~  (Gram of the neurons' centred output weights)
-    B: torch.Tensor        # [n, V]  W_U (gamma * w~)
-    loss: torch.Tensor     # [N]     clean loss
-    max_logit: torch.Tensor  # [N]   clean max logit
-    d: int
-
-
-def _prepare(resid, w_out, targets, readout) -> _Prepared:
-    r = readout.centre(resid)                   # [N, d]
-    w = readout.centre(w_out)                   # [n, d]
-    A = (r * readout.gamma) @ readout.W_U.T     # [N, V]
-    B = (w * readout.gamma) @ readout.W_U.T     # [n, V]
-    b = readout.W_U @ readout.beta + readout.b_U
-    rr = (r * r).sum(-1)
-    s = torch.sqrt(rr / r.shape[-1] + readout.eps)
-    logits = A / s[:, None] + b
-    loss = torch.logsumexp(logits, -1) - logits.gather(1, targets[:, None])[:, 0]
-    return _Prepared(A, b, rr, r @ w.T, w @ w.T, B, loss, logits.max(-1).values, r.shape[-1])
-
-
-def _ablated_loss(numer, scale, b, target_numer, target_b):
-    """Returns logsumexp(numer / scale + b) - (target_numer / scale + target_b) over the last axis."""
-    logits = numer / scale[..., None] + b
-    return torch.logsumexp(logits, -1) - (target_numer / scale + target_b)
-
-
 def _chunk(total: int, per_item: int, budget: int) -> int:
     return max(1, min(total, budget // max(1, per_item)))
-
-
-@dataclass
-class AblationTerms:
-    """The single-neuron formula in base 2, shifted so that no exponent overflows or underflows.
-
-    With x(t, i, v) = alpha(t, i) (A2[t, v] + c(t, i) B2[i, v]) + b2[v]:
-
-        ΔLoss(t, i) = ln sum_v 2^x(t, i, v) + offset(t, i)
-
-    x is the ablated logit times log2(e), minus alpha s0 M(t), where M(t) is the clean max logit
-    (base 2) and s0 the clean scale: the subtraction is folded into A2's rows, so at c = 0 the
-    largest term is exactly 2^0, and an ablation moves it only by its (small) effect. So the
-    sum needs no running max, and costs two FMAs, one exp2 and one add per element. It
-    overflows float32 only for effects beyond ~88 nats; recompute_overflows handles those.
-    """
-    A2: torch.Tensor       # [N, V] log2(e) W_U (gamma * r~(t)) - s0(t) M(t)
-    B2: torch.Tensor       # [k, V] log2(e) W_U (gamma * w~(i))
-    b2: torch.Tensor       # [V]    log2(e) (W_U beta + b_U)
-    c: torch.Tensor        # [N, k] mu(i) - a(t, i)
-    alpha: torch.Tensor    # [N, k] 1 / s(t, i)
-    offset: torch.Tensor   # [N, k] -(ln 2 x(t, i, target(t)) + clean loss(t))
-
-
-@torch.no_grad()
-def ablation_terms(resid, acts, mean_acts, w_out, targets, readout: Readout,
-                   neurons: torch.Tensor | None = None) -> AblationTerms:
-    """Returns the AblationTerms of mean-ablating each of `neurons` (default: all) alone."""
-    if neurons is None:
-        neurons = torch.arange(acts.shape[1], device=acts.device)
-    p = _prepare(resid, w_out[neurons], targets, readout)
-    c = mean_acts[neurons][None, :] - acts[:, neurons]            # [N, k]
-    alpha = torch.rsqrt((p.rr[:, None] + 2 * c * p.rw + c * c * p.ww.diagonal()) / p.d + readout.eps)  # [N, k]
-    s0 = torch.sqrt(p.rr / p.d + readout.eps)                     # [N] clean scale
-    A2 = p.A.mul_(LOG2E).sub_((s0 * p.max_logit * LOG2E)[:, None])   # in place: A is the largest tensor here
-    B2, b2 = p.B.mul_(LOG2E), p.b * LOG2E
-    rows = torch.arange(len(targets), device=targets.device)
-    x_target = alpha * (A2[rows, targets][:, None] + c * B2[:, targets].T) + b2[targets][:, None]   # [N, k]
-    return AblationTerms(A2, B2, b2, c, alpha, -(LN2 * x_target + p.loss[:, None]))
 
 
 def _exp2_sums(A2, B2, c, alpha, b2, acc_dtype: torch.dtype, work: torch.Tensor | None = None):
@@ -285,15 +171,6 @@ def _log_or_nan(sums: torch.Tensor) -> torch.Tensor:
     return torch.where(sums >= SMALLEST_SUM, torch.log(sums), float("nan"))
 
 
-def recompute_overflows(terms: AblationTerms, out: torch.Tensor) -> None:
-    """Recomputes with a max-shifted logsumexp the entries of `out` left non-finite: sums that overflowed or underflowed."""
-    bad = (~torch.isfinite(out)).nonzero()                        # [m, 2] (token, neuron)
-    for pairs in bad.split(64):
-        t, i = pairs[:, 0], pairs[:, 1]
-        x = terms.alpha[t, i, None] * (terms.A2[t] + terms.c[t, i, None] * terms.B2[i]) + terms.b2   # [m, V]
-        out[t, i] = (torch.logsumexp(x * LN2, -1) + terms.offset[t, i]).to(out.dtype)
-
-
 @torch.no_grad()
 def neuron_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
                   neurons: torch.Tensor | None = None, budget: int = 1 << 24) -> torch.Tensor:
@@ -336,7 +213,7 @@ def groups_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
     The token side (A, the clean loss) is computed once for all groups.
     """
     members = torch.unique(torch.cat([g.reshape(-1) for g in groups]))             # neurons in any group
-    p = _prepare(resid, w_out[members], targets, readout)
+    p = prepare(resid, w_out[members], targets, readout)
     column = {int(neuron): j for j, neuron in enumerate(members.tolist())}
     N, V = p.A.shape
     out = torch.empty(N, len(groups), dtype=resid.dtype, device=resid.device)
@@ -350,8 +227,19 @@ def groups_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
         B = p.B[cols]                                                 # [k, V]
         for t0 in range(0, N, tok_chunk):
             t = slice(t0, t0 + tok_chunk)
-            numer = p.A[t] + c[t] @ B                                 # [T, V]
-            tgt = targets[t]
-            target_numer = numer.gather(1, tgt[:, None])[:, 0]
-            out[t, g] = _ablated_loss(numer, scale[t], p.b, target_numer, p.b[tgt]) - p.loss[t]
+            logits = (p.A[t] + c[t] @ B) / scale[t, None] + p.b       # [T, V]
+            out[t, g] = cross_entropy(logits, targets[t]) - p.loss[t]
     return out
+
+
+def ablate_all(resid, acts, mean_acts, w_out, targets, readout: Readout) -> torch.Tensor:
+    """Returns per-position ΔLoss [M, n] of every neuron: the fused Triton kernel on CUDA, chunked torch elsewhere.
+
+    The kernel's arithmetic is float32, so float64 inputs (--precision float64) stay on the
+    torch path, on whatever device they are.
+    """
+    if resid.is_cuda and resid.dtype == torch.float32:
+        from rtn.ingest import ablation_triton   # imports triton only when called
+        if ablation_triton.available():
+            return ablation_triton.neuron_deltas_triton(resid, acts, mean_acts, w_out, targets, readout)
+    return neuron_deltas(resid, acts, mean_acts, w_out, targets, readout)

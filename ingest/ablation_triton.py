@@ -1,6 +1,6 @@
 """Exact all-neuron mean ablation in one fused Triton kernel (CUDA; the Triton interpreter on CPU).
 
-    from ingest.ablation_triton import available, neuron_deltas_triton
+    from rtn.ingest.ablation_triton import available, neuron_deltas_triton
     if available():
         deltas = neuron_deltas_triton(resid, acts, mean_acts, w_out, targets, readout)   # [N, n]
 
@@ -31,7 +31,7 @@ ablation.group_deltas on the GPU as it is.
 
 Triton is imported only inside functions, so CPU machines never import it. TRITON_INTERPRET=1
 runs the kernel in Triton's interpreter on CPU tensors (slow; the tests use tiny sizes); Triton
-reads it when first imported, so it must be set before that (tests/test_triton.py uses a
+reads it when first imported, so it must be set before that (tests/unit/test_triton.py uses a
 subprocess).
 """
 from __future__ import annotations
@@ -41,7 +41,8 @@ import os
 
 import torch
 
-from ingest.ablation import AblationTerms, Readout, ablation_terms, recompute_overflows
+from rtn.ingest.ablation_terms import AblationTerms, ablation_terms, recompute_overflows
+from rtn.ingest.readout import Readout
 
 tl = None   # triton.language, bound by _kernel() on first use
 

@@ -20,20 +20,25 @@ class Adapter:
     w_in: str                # path from a block to the MLP up-projection
     w_out: str               # path from a block to the MLP down-projection; its input is the activation
     attn_out: str            # path from a block to the attention output projection; its input is the heads
+    attention: str           # path from a block to its attention module: every matrix under it has role 'attention'
     final_norm: str          # path from the model to the norm before the unembedding
     conv1d: bool = False     # GPT-2 Conv1D stores weights as [in, out] rather than nn.Linear's [out, in]
     n_heads_attr: str = "num_attention_heads"
+    w_gate: str | None = None  # path from a block to a gated MLP's gate projection (also role 'mlp_in')
 
 
 ADAPTERS = (
     Adapter("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
-            "attention.dense", "gpt_neox.final_layer_norm"),
+            "attention.dense", "attention", "gpt_neox.final_layer_norm"),
     Adapter("gpt2", ("gpt2",), "transformer.h", "mlp.c_fc", "mlp.c_proj",
-            "attn.c_proj", "transformer.ln_f", conv1d=True, n_heads_attr="n_head"),
+            "attn.c_proj", "attn", "transformer.ln_f", conv1d=True, n_heads_attr="n_head"),
     # Llama-style blocks use RMSNorm; the activation is the input of down_proj (act(gate) * up).
     Adapter("llama", ("llama", "mistral", "qwen2"), "model.layers", "mlp.up_proj", "mlp.down_proj",
-            "self_attn.o_proj", "model.norm"),
+            "self_attn.o_proj", "self_attn", "model.norm", w_gate="mlp.gate_proj"),
 )
+
+# What a 2-D weight matrix is for (weight_spectra.role); the app picks the studied layer's mlp_out by it.
+ROLES = ("attention", "mlp_in", "mlp_out", "embedding", "unembedding", "other")
 
 
 def adapter_for_type(model_type: str) -> Adapter:
@@ -63,12 +68,16 @@ def blocks(model: nn.Module, adapter: Adapter) -> nn.ModuleList:
     return get_path(model, adapter.blocks)
 
 
+def check_layer(layer: int, n_layers: int) -> int:
+    """Returns a 0-based block index for `layer` (negative counts from the end), or raises a one-line RtnError."""
+    if not -n_layers <= layer < n_layers:
+        raise RtnError(f"--layer {layer} does not exist: the model has {n_layers} layers (0..{n_layers - 1} or -1)")
+    return layer % n_layers
+
+
 def resolve_layer(model: nn.Module, adapter: Adapter, layer: int) -> int:
-    """Returns a 0-based block index for `layer` (negative counts from the end)."""
-    n = len(blocks(model, adapter))
-    if not -n <= layer < n:
-        raise RtnError(f"--layer {layer} does not exist: the model has {n} layers (0..{n - 1} or -1)")
-    return layer % n
+    """Returns a 0-based block index for `layer` of a loaded model (negative counts from the end)."""
+    return check_layer(layer, len(blocks(model, adapter)))
 
 
 def mlp_out_module(model: nn.Module, adapter: Adapter, layer: int) -> nn.Module:
@@ -111,3 +120,24 @@ def matrix_layer(name: str, model: nn.Module, adapter: Adapter) -> int:
     if name.startswith(prefix):
         return int(name[len(prefix):].split(".")[0])
     return -1
+
+
+def matrix_role(name: str, param: torch.Tensor, model: nn.Module, adapter: Adapter) -> str:
+    """Returns the ROLES entry of a 2-D parameter: attention, mlp_in, mlp_out, embedding, unembedding or other.
+
+    A tied unembedding is the input embedding's matrix, listed once, as 'embedding'.
+    """
+    prefix = adapter.blocks + "."
+    if name.startswith(prefix):
+        inside = name[len(prefix):].split(".", 1)[1].rsplit(".", 1)[0]   # module path within the block
+        if inside == adapter.w_out:
+            return "mlp_out"
+        if inside in (adapter.w_in, adapter.w_gate):
+            return "mlp_in"
+        if inside == adapter.attention or inside.startswith(adapter.attention + "."):
+            return "attention"
+        return "other"
+    if param is model.get_input_embeddings().weight or isinstance(get_path(model, name.rsplit(".", 1)[0]), nn.Embedding):
+        return "embedding"     # token and (GPT-2) position embeddings
+    output = model.get_output_embeddings()
+    return "unembedding" if output is not None and param is output.weight else "other"

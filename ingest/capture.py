@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ingest import adapters
-from ingest.adapters import Adapter
+from rtn.ingest import adapters
+from rtn.ingest.adapters import Adapter
 
 
 @dataclass

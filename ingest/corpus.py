@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import torch
 
-import sql
-from ingest.config import IngestConfig
-from ingest.sources import load_documents, tokenizer_hash
+from rtn import sql
+from rtn.ingest.config import IngestConfig
+from rtn.ingest.sources import load_documents, tokenizer_hash
 from rtn import warehouse
 from rtn.errors import RtnError
 
@@ -23,6 +23,18 @@ CLASS_FILTERS = {"rare": RARE, "common": COMMON, "all": None}   # token_class ->
 def class_masks(classes: torch.Tensor) -> dict[str, torch.Tensor]:
     """Returns {token_class: boolean mask} over `classes`; 'all' = every prediction not EXCLUDED."""
     return {name: (classes != EXCLUDED) if code is None else (classes == code) for name, code in CLASS_FILTERS.items()}
+
+
+def mean_and_stderr(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Returns (mean, standard error, n) over the rows of `values` [M, ...] selected by `mask` [M] (a class's positions).
+
+    The standard error is NaN with fewer than two rows, the mean NaN with none.
+    """
+    picked = values[mask]
+    n = picked.shape[0]
+    mean = picked.mean(0)
+    stderr = picked.std(0, correction=1) / np.sqrt(n) if n > 1 else torch.full_like(mean, float("nan"))
+    return mean, stderr, n
 
 
 @dataclass
@@ -54,14 +66,16 @@ class EvalData:
                              "seq": (flat // L).astype(np.int32), "pos": (flat % L).astype(np.int32)})
 
 
-def token_percentiles(frequencies: pl.DataFrame) -> pl.DataFrame:
-    """Returns (token_id, percentile) from the `token_classes` view, the one definition of rarity."""
+def token_rarity(frequencies: pl.DataFrame, rare_threshold: float) -> pl.DataFrame:
+    """Returns (token_id, token_class) of every counted type from the `token_classes` view, the one definition of rarity."""
     con = duckdb.connect()
     sql.create_tables(con)
     con.register("_freq", frequencies.to_arrow())
     con.execute("insert into token_frequencies select corpus_id, token_id, token, count from _freq")
+    con.execute("insert into runs (run_id, corpus_id, rare_threshold) select 'ingest', corpus_id, ? from _freq limit 1",
+                [rare_threshold])
     sql.apply_views(con, names=["token_classes"])
-    return warehouse.frame(con, "select token_id, percentile from token_classes")
+    return warehouse.frame(con, "select token_id, token_class from token_classes")
 
 
 def prepare(config: IngestConfig, corpus_spec: str, tokenizer, model_vocab: int) -> EvalData:
@@ -108,9 +122,9 @@ def _short_name(spec: str) -> str:
 
 def _classes(input_ids: torch.Tensor, frequencies: pl.DataFrame, special: set, config: IngestConfig) -> torch.Tensor:
     """Returns [S, L] classes of the prediction at each position (EXCLUDED where none counts)."""
-    pct = token_percentiles(frequencies)
-    lookup = np.full(int(max(input_ids.max().item(), pct["token_id"].max())) + 1, EXCLUDED, dtype=np.int64)
-    lookup[pct["token_id"].to_numpy()] = np.where(pct["percentile"].to_numpy() < config.rare_threshold, RARE, COMMON)
+    rarity = token_rarity(frequencies, config.rare_threshold)
+    lookup = np.full(int(max(input_ids.max().item(), rarity["token_id"].max())) + 1, EXCLUDED, dtype=np.int64)
+    lookup[rarity["token_id"].to_numpy()] = np.where(rarity["token_class"].to_numpy() == "rare", RARE, COMMON)
     S, L = input_ids.shape
     classes = torch.full((S, L), EXCLUDED, dtype=torch.long)
     by = input_ids[:, 1:] if config.class_by == "target" else input_ids[:, :-1]   # token whose class counts

@@ -10,14 +10,15 @@ The joint ΔLoss of a group is exact (`ablation.group_deltas`); rows go to `grou
 """
 from __future__ import annotations
 
-import math
 
 import duckdb
 import polars as pl
 import torch
 
-import sql
-from ingest.ablation import Readout, groups_deltas
+from rtn import sql
+from rtn.ingest.ablation import groups_deltas
+from rtn.ingest.corpus import mean_and_stderr
+from rtn.ingest.readout import Readout
 from rtn import warehouse
 
 TOP_KS = tuple(range(1, 11))   # sizes of the top-k rare-boost prefixes ablated jointly
@@ -90,10 +91,7 @@ def group_ablation_rows(groups: pl.DataFrame, resid: torch.Tensor, acts: torch.T
     rows = []
     for g, ((layer, group_name, k), neurons) in enumerate(keyed):
         for name, mask in masks.items():
-            picked = joint[mask, g]
-            n = picked.shape[0]
+            mean, stderr, n = mean_and_stderr(joint[:, g], mask)
             rows.append({"layer": layer, "group_name": group_name, "k": k, "token_class": name,
-                         "joint_delta": float(picked.mean()) if n else math.nan,
-                         "std_err": float(picked.std(correction=1)) / math.sqrt(n) if n > 1 else math.nan,
-                         "n": n, "neurons": neurons})
+                         "joint_delta": float(mean), "std_err": float(stderr), "n": n, "neurons": neurons})
     return pl.DataFrame(rows, schema=GROUP_ABLATION_SCHEMA)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
-from ingest import adapters
-from ingest.adapters import Adapter
-from ingest.capture import hooked
-from ingest.config import IngestConfig
-from ingest.corpus import EvalData, class_masks
+from rtn.ingest import adapters
+from rtn.ingest.adapters import Adapter
+from rtn.ingest.capture import hooked
+from rtn.ingest.config import IngestConfig
+from rtn.ingest.corpus import EvalData, class_masks
+from rtn.ingest.readout import cross_entropy
 from rtn.errors import RtnError
 
 METHODS = ("mean", "bos")
@@ -100,7 +101,7 @@ def _run(model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, dtyp
             ids = input_ids[start:start + batch_size].to(device)
             logits = model(ids, use_cache=False).logits.to(dtype)                   # [B, L, V]
             targets = torch.roll(ids, -1, dims=1)                                    # token at pos + 1
-            losses.append((torch.logsumexp(logits, -1) - logits.gather(-1, targets[..., None])[..., 0]).reshape(-1))
+            losses.append(cross_entropy(logits, targets).reshape(-1))
     return _Pass(torch.cat(losses), torch.cat(acts))
 
 

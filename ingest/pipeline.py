@@ -16,27 +16,17 @@ import torch
 from tqdm import tqdm
 
 import rtn
-from ingest import adapters, corpus, sources
-from ingest.config import IngestConfig
-from ingest.extract import StageTimer, extract_checkpoint
-from ingest.heads import check_head_layers
+from rtn.ingest import adapters, corpus, sources
+from rtn.ingest.config import IngestConfig
+from rtn.ingest.extract import extract_checkpoint
+from rtn.ingest.heads import check_head_layers
+from rtn.ingest.progress import StageTimer
 from rtn import warehouse
 from rtn.errors import RtnError
 
 RUN_TABLES = ("eval_tokens", "activation_sample_positions")
 STEP_TABLES = ("neuron_stats", "activation_samples", "ablation_deltas", "eval_losses", "neuron_weights",
                "weight_spectra", "head_ablations", "group_ablation_deltas", "neuron_token_effects")
-
-
-def pick_device(name: str) -> torch.device:
-    """Returns the torch device for --device auto|cpu|cuda."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RtnError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise RtnError(f"--device {name} is not one of auto, cpu, cuda")
-    return torch.device(name)
 
 
 def _validate(config: IngestConfig) -> None:
@@ -93,10 +83,10 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     path = Path(path)
     _validate(config)
     warehouse.check_writable(path)
-    device = pick_device(config.device)
+    device = sources.pick_device(config.device)
     corpus_spec = config.corpus
     if config.corpus == "synthetic":
-        from ingest.synthetic import ensure_demo
+        from rtn.demo.synthetic import ensure_demo
         corpus_spec = str(ensure_demo().corpus_path)
     if sources.is_local(corpus_spec):
         sources.corpus_files(corpus_spec)   # a missing corpus is named before anything else is loaded
@@ -104,9 +94,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     model_config = sources.load_config(refs[0])
     adapter = adapters.adapter_for_type(model_config.model_type)
     n_layers = model_config.num_hidden_layers
-    if not -n_layers <= config.layer < n_layers:
-        raise RtnError(f"--layer {config.layer} does not exist: the model has {n_layers} layers")
-    layer = config.layer % n_layers
+    layer = adapters.check_layer(config.layer, n_layers)
     if layer != n_layers - 1:
         raise RtnError(f"--layer {config.layer}: exact ablation is implemented for the last layer only (-1)")
     check_head_layers(n_layers, config.head_layers)

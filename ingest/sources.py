@@ -113,6 +113,18 @@ def _hub_checkpoints(model: str, spec: str) -> list[CheckpointRef]:
     return sorted((CheckpointRef(_step_of(r), r, model, None) for r in revisions), key=lambda r: r.step)
 
 
+def pick_device(name: str):
+    """Returns the torch device for --device auto|cpu|cuda."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RtnError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise RtnError(f"--device {name} is not one of auto, cpu, cuda")
+    return torch.device(name)
+
+
 def load_config(ref: CheckpointRef):
     """Returns the model config of a checkpoint (raises RtnError when it cannot be had)."""
     from transformers import AutoConfig

@@ -1,6 +1,6 @@
 """WeightWatcher-compatible power-law fits of weight-matrix spectra (numpy only, no torch).
 
-    from ingest.spectra import fit_spectrum, spectra_table
+    from rtn.ingest.spectra import fit_spectrum, spectra_table
     fit = fit_spectrum(weight)            # dict: alpha, xmin, ks_distance, sigma, ..., eigenvalues
     table = spectra_table([("gpt_neox.layers.0.mlp.dense_4h_to_h.weight", 0, weight), ...])
 
@@ -148,18 +148,32 @@ def fit_spectrum(matrix: np.ndarray, min_tail: int = MIN_TAIL) -> dict:
 
 
 SPECTRA_SCHEMA = {
-    "layer": pl.Int32, "matrix": pl.Utf8, "alpha": pl.Float64, "xmin": pl.Float64,
+    "layer": pl.Int32, "matrix": pl.Utf8, "role": pl.Utf8, "alpha": pl.Float64, "xmin": pl.Float64,
     "ks_distance": pl.Float64, "sigma": pl.Float64, "n_evals": pl.Int32, "alpha_weighted": pl.Float64,
     "stable_rank": pl.Float64, "log_norm": pl.Float64, "log_spectral_norm": pl.Float64,
     "mp_softrank": pl.Float64, "heavy_tail": pl.Boolean, "tail_class": pl.Utf8, "eigenvalues": pl.List(pl.Float64),
 }
 
 
-def spectra_table(matrices: list[tuple[str, int, np.ndarray]], min_tail: int = MIN_TAIL) -> pl.DataFrame:
-    """Returns one weight_spectra row (without run_id, step) per (state-dict name, layer, 2-D weight)."""
+def spectra_table(matrices: list[tuple[str, int, np.ndarray]], min_tail: int = MIN_TAIL,
+                  roles: list[str] | None = None) -> pl.DataFrame:
+    """Returns one weight_spectra row (without run_id, step) per (state-dict name, layer, 2-D weight), with its role."""
     rows = []
-    for name, layer, weight in matrices:
+    roles = roles or ["other"] * len(matrices)
+    for (name, layer, weight), role in zip(matrices, roles):
         fit = fit_spectrum(weight, min_tail)
-        rows.append({col: fit[col] for col in SPECTRA_SCHEMA if col not in ("layer", "matrix", "eigenvalues")}
-                    | {"layer": layer, "matrix": name, "eigenvalues": fit["eigenvalues"].tolist()})
+        rows.append({col: fit[col] for col in SPECTRA_SCHEMA if col not in ("layer", "matrix", "role", "eigenvalues")}
+                    | {"layer": layer, "matrix": name, "role": role, "eigenvalues": fit["eigenvalues"].tolist()})
     return pl.DataFrame(rows, schema=SPECTRA_SCHEMA) if rows else pl.DataFrame(schema=SPECTRA_SCHEMA)
+
+
+def weight_spectra(model, adapter) -> pl.DataFrame:
+    """Returns weight_spectra rows of every 2-D weight matrix of the model (tied matrices once)."""
+    from rtn.ingest import adapters   # torch: only where a model is at hand; the fits above are numpy
+    seen, matrices, roles = set(), [], []
+    for name, param in model.named_parameters():   # named_parameters lists a tied weight once
+        if param.ndim == 2 and id(param) not in seen:
+            seen.add(id(param))
+            matrices.append((name, adapters.matrix_layer(name, model, adapter), param.detach().double().cpu().numpy()))
+            roles.append(adapters.matrix_role(name, param, model, adapter))
+    return spectra_table(matrices, roles=roles)

@@ -19,7 +19,7 @@ def _add_warehouse(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ingest.config import IngestConfig
+    from rtn.ingest.config import IngestConfig
     defaults = IngestConfig(model="")
     parser = argparse.ArgumentParser(prog="rtn", description="A DuckDB warehouse for rare-token neurons.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ingest_config(args):
-    from ingest.config import IngestConfig
+    from rtn.ingest.config import IngestConfig
     return IngestConfig(model=args.model, checkpoints=args.checkpoints, corpus=args.corpus, run=args.run,
                         tokenizer=args.tokenizer, tokens=args.tokens, seq_len=args.seq_len, layer=args.layer,
                         device=args.device, precision=args.precision, rare_threshold=args.rare_threshold,
@@ -109,7 +109,7 @@ def cmd_query(args) -> None:
 
 
 def cmd_app(args) -> None:
-    app = Path(__file__).resolve().parent.parent / "app.py"
+    app = (Path(__file__).parent / "app.py").resolve()   # package data in a wheel; a link to ../app.py in a checkout
     os.environ["RTN_WAREHOUSE"] = str(Path(args.warehouse).resolve())
     # exec, not a child process: stopping `rtn app` must stop the server too
     os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
@@ -124,17 +124,17 @@ def main(argv: list[str] | None = None) -> int:
             from rtn.demo import run_demo
             run_demo(args.warehouse)
         elif args.command == "ingest":
-            from ingest.pipeline import ingest
+            from rtn.ingest.pipeline import ingest
             ingest(_ingest_config(args), args.warehouse)
         elif args.command == "analyze":
-            from analyses import run_analyses
+            from rtn.analyses import run_analyses
             run_analyses(args.warehouse, args.run, only_stale=args.stale_only)
         elif args.command == "query":
             cmd_query(args)
         elif args.command == "app":
             cmd_app(args)
         elif args.command == "bench":
-            from ingest.bench import run_bench
+            from rtn.bench import run_bench
             run_bench(args)
     except RtnError as err:
         print(f"rtn: error: {err}", file=sys.stderr)

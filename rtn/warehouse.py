@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-import sql
+from rtn import sql
 from rtn.errors import RtnError
 
 DEFAULT_WAREHOUSE = Path(os.environ.get("RTN_WAREHOUSE", "warehouse.duckdb"))
@@ -44,14 +44,28 @@ def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConne
             time.sleep(0.05)
 
 
+def _apply_schema(con) -> None:
+    sql.create_tables(con)
+    sql.apply_views(con)
+
+
+def update_schema(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 60.0) -> None:
+    """Creates the warehouse's missing tables and columns and (re)creates every view, as this code defines them."""
+    check_writable(Path(path))
+    con = _connect(Path(path), read_only=False, wait_s=wait_s)
+    try:
+        _apply_schema(con)
+    finally:
+        con.close()
+
+
 @contextmanager
 def writing(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 60.0):
     """Yields a write connection inside one transaction; commits on success, rolls back on error."""
     check_writable(Path(path))
     con = _connect(Path(path), read_only=False, wait_s=wait_s)
     try:
-        sql.create_tables(con)
-        sql.apply_views(con)
+        _apply_schema(con)
         con.execute("begin transaction")
         try:
             yield con

@@ -54,9 +54,31 @@ def view_order() -> list[str]:
 
 
 def create_tables(con) -> None:
-    """Creates every table that does not exist yet."""
-    for path in table_files().values():
-        con.execute(path.read_text())
+    """Creates every table that does not exist yet, and adds the columns its file declares to one that does.
+
+    So a warehouse made by an older rtn gains new columns (NULL in its old rows) instead of
+    failing on them; a changed key or type still needs a new warehouse.
+    """
+    existing = {row[0] for row in con.execute(
+        "select table_name from information_schema.tables where table_schema = current_schema() "
+        "and table_catalog = current_database()").fetchall()}
+    for name, path in table_files().items():
+        text = path.read_text()
+        con.execute(text)
+        if name in existing:
+            _add_missing_columns(con, name, text)
+
+
+def _add_missing_columns(con, name: str, text: str) -> None:
+    declared = text.replace(f"create table if not exists {name}", f"create or replace temp table _declared_{name}", 1)
+    con.execute(declared)
+    try:
+        have = {row[0] for row in con.execute(f"describe {name}").fetchall()}
+        for column, column_type, *_ in con.execute(f"describe _declared_{name}").fetchall():
+            if column not in have:
+                con.execute(f'alter table {name} add column "{column}" {column_type}')
+    finally:
+        con.execute(f"drop table if exists temp._declared_{name}")
 
 
 def apply_views(con, names: list[str] | None = None) -> None:

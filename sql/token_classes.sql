@@ -1,7 +1,7 @@
--- grain (corpus_id, token_id): one vocabulary type of a corpus with its frequency class
--- A type is rare below the 50th percentile of types by count (DESIGN "Rare and common tokens").
--- The per-run threshold is runs.rare_threshold; ingest applies it to `percentile`, so the
--- class here is the one for the default threshold 0.5.
+-- grain (run_id, token_id): one vocabulary type of a run's corpus with its frequency class
+-- A type is rare below the run's percentile of types by count, runs.rare_threshold (default 0.5,
+-- the median type; DESIGN "Rare and common tokens"), common otherwise. Ingest classes predictions
+-- with this view, so the definition exists once.
 with
 
 frequencies as (
@@ -11,6 +11,14 @@ frequencies as (
         token,
         count,
     from token_frequencies
+),
+
+thresholds as (
+    select
+        run_id,
+        corpus_id,
+        rare_threshold,
+    from runs
 ),
 
 ranked as (
@@ -25,14 +33,16 @@ ranked as (
 
 final as (
     select
-        corpus_id,
-        token_id,
-        token,
-        count,
-        rank,
-        percentile,
-        case when percentile < 0.5 then 'rare' else 'common' end as token_class,
+        thresholds.run_id,
+        ranked.corpus_id,
+        ranked.token_id,
+        ranked.token,
+        ranked.count,
+        ranked.rank,
+        ranked.percentile,
+        case when ranked.percentile < thresholds.rare_threshold then 'rare' else 'common' end as token_class,
     from ranked
+    inner join thresholds using (corpus_id)
 )
 
 select * from final

@@ -13,18 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from analyses import geometry, group_spectra, modularity  # noqa: E402
-from analyses.modularity import ModularityConfig  # noqa: E402
-from ingest.spectra import spectra_table  # noqa: E402
-from test_geometry import build_warehouse  # noqa: E402
+from rtn.analyses import geometry, group_spectra, modularity
+from rtn.analyses.modularity import ModularityConfig
+from rtn.ingest.spectra import spectra_table
+from test_geometry import build_warehouse
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rtn.warehouse import reading, replace_rows, writing  # noqa: E402
+from rtn.warehouse import reading, replace_rows, writing
 
 STEPS, NEURONS, CLASSES = 154, 4096, ("rare", "common", "all")
 QUERIES = {

@@ -1,8 +1,19 @@
-"""Tiny models built from configs, shared by the tests."""
+"""Tiny models built from configs and warehouses built from them, shared by the tests.
+
+Tests are sorted by cost into folders, and marked by folder (pytest -m unit|integration|acceptance):
+    tests/unit         seconds: SQL on hand-written rows, tiny models from configs, no model ingest
+    tests/integration  ingests tiny models, runs the CLI, the app (AppTest) and analyses
+    tests/acceptance   the demo end to end, the wheel in a fresh venv, a real browser, a real model
+"""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+import rtn_wheel
 from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
                           LlamaConfig, LlamaForCausalLM)
 
@@ -122,3 +133,76 @@ def table_contents(path, ignore=("ingested_at", "created_at", "stage_seconds")):
         out[table] = sorted((tuple("NaN" if v != v else v for v in row) for row in rows), key=repr)  # NaN != NaN
     con.close()
     return out
+
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks every test with its folder's tier."""
+    for item in items:
+        tier = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+FILLED_RUN = "tiny"
+_FILLED: dict[str, Path] = {}
+
+
+def build_filled_warehouse(root: Path) -> Path:
+    """Returns a warehouse of one tiny run (steps 0 and 8) with every table, view and analysis filled (built once)."""
+    if "path" not in _FILLED:
+        from rtn.analyses import run_analyses
+        from rtn.ingest.config import IngestConfig
+        from rtn.ingest.pipeline import ingest
+        ckpts = save_checkpoint_family(root / "ckpts", steps=(0, 8))
+        corpus = root / "corpus.txt"
+        corpus.write_text("\n".join(make_corpus_docs(120)) + "\n")
+        path = root / "filled.duckdb"
+        config = IngestConfig(model=str(ckpts), checkpoints="all", corpus=str(corpus), run=FILLED_RUN, tokens=512,
+                              seq_len=32, n_samples=96, head_layers=1)
+        ingest(config, path, log=lambda *_: None)
+        run_analyses(path, FILLED_RUN, log=lambda *_: None)
+        _FILLED.update(path=path, corpus=corpus)
+    return _FILLED["path"]
+
+
+def filled_corpus() -> Path:
+    """Returns the corpus the filled warehouse was built from (after build_filled_warehouse)."""
+    return _FILLED["corpus"]
+
+
+@pytest.fixture(scope="session")
+def filled_warehouse(tmp_path_factory) -> Path:
+    return build_filled_warehouse(tmp_path_factory.mktemp("filled_warehouse"))
+
+
+# ---- acceptance: rtn installed from its wheel into a fresh venv ----------------------------------
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory) -> Path:
+    """Returns a fresh venv with torch (the CPU file) and rtn's wheel installed, not editable."""
+    root = tmp_path_factory.mktemp("wheel")
+    isolation = ["--no-build-isolation"] if rtn_wheel.has_setuptools() else []   # else pip fetches setuptools itself
+    rtn_wheel.run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, str(rtn_wheel.REPO), "-w", root / "dist")
+    wheel = next((root / "dist").glob("rtn-*.whl"))
+    venv = root / "venv"
+    rtn_wheel.run(sys.executable, "-m", "venv", venv)
+    rtn_wheel.run(venv / "bin" / "pip", "install", "-q", "torch==2.13.0", timeout=1800)
+    rtn_wheel.run(venv / "bin" / "pip", "install", "-q", wheel, timeout=1800)
+    return venv
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse(wheel_venv, tmp_path_factory) -> Path:
+    """Returns the demo warehouse built by the wheel's `rtn demo` in a folder of shadowing modules (the trained
+    model comes from the cache, $RTN_CACHE or ~/.cache/rtn; a cold cache trains it first)."""
+    folder = tmp_path_factory.mktemp("demo")
+    for shadow in rtn_wheel.SHADOWS:
+        (folder / shadow).parent.mkdir(parents=True, exist_ok=True)
+        (folder / shadow).write_text("raise RuntimeError(\"the user's module was imported instead of rtn's\")\n")
+    demo = rtn_wheel.run(wheel_venv / "bin" / "rtn", "demo", "--warehouse", "demo.duckdb", cwd=folder, timeout=1800)
+    (folder / "demo.out").write_text(demo.stdout)
+    return folder / "demo.duckdb"

@@ -4,6 +4,7 @@ create table if not exists weight_spectra (
     step bigint,
     layer integer,
     matrix varchar,           -- the parameter's state-dict name
+    role varchar,             -- attention, mlp_in, mlp_out, embedding, unembedding or other (ingest/adapters.py ROLES)
     alpha double,             -- power-law MLE exponent of the eigenvalue tail
     xmin double,              -- tail start chosen by minimum KS distance
     ks_distance double,

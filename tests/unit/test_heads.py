@@ -1,6 +1,6 @@
 """Head, layer and group ablations against brute-force oracles; the synergy analysis and views on hand-written rows.
 
-    .venv/bin/pytest tests/test_heads.py
+    .venv/bin/pytest tests/unit/test_heads.py
 
 The head oracle does not touch the attention output projection that `ingest/heads.py` hooks: it
 swaps in its own attention function (transformers' AttentionInterface) that runs the family's
@@ -20,16 +20,16 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.gpt2 import modeling_gpt2
 from transformers.models.gpt_neox import modeling_gpt_neox
 
-import sql
-from analyses import group_ablation
+from rtn import sql
+from rtn.analyses import group_ablation
 from conftest import VOCAB, tiny_model
-from ingest import adapters
-from ingest.ablation import readout_of
-from ingest.capture import capture, hooked
-from ingest.config import IngestConfig
-from ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
-from ingest.groups import TOP_BOOST, ablation_groups, group_ablation_rows, step_groups
-from ingest.heads import check_head_layers, head_ablations, head_columns
+from rtn.ingest import adapters
+from rtn.ingest.readout import readout_of
+from rtn.ingest.capture import capture, hooked
+from rtn.ingest.config import IngestConfig
+from rtn.ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
+from rtn.ingest.groups import TOP_BOOST, ablation_groups, group_ablation_rows, step_groups
+from rtn.ingest.heads import check_head_layers, head_ablations, head_columns
 from rtn.errors import RtnError
 
 TOL = 1e-5                 # float32 model, as in the acceptance criterion

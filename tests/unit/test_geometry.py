@@ -1,6 +1,6 @@
 """Activation-geometry views and analysis: checked against double loops and dense eigendecompositions.
 
-    .venv/bin/pytest tests/test_geometry.py
+    .venv/bin/pytest tests/unit/test_geometry.py
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-import sql
-from analyses import geometry
+from rtn import sql
+from rtn.analyses import geometry
 
 MY_VIEWS = ["rare_activations", "group_activation_pairs", "group_pair_stats", "modularity_edges", "group_weights"]
 
@@ -209,7 +209,7 @@ def test_geometry_rows_for_every_step_and_group():
 
 
 def test_analysis_tables_take_the_analyses_rows_through_the_writer():
-    from analyses import group_spectra, modularity
+    from rtn.analyses import group_spectra, modularity
     from rtn.warehouse import replace_rows
     acts, rare, groups = _random_setup()
     rng = np.random.default_rng(5)

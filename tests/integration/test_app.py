@@ -2,7 +2,7 @@
 page renders, every chart receives exactly the rows its view holds, the SQL box refuses writes, an
 empty or missing warehouse explains how to fill it, and pages load while `rtn ingest` writes.
 
-    pytest tests/test_app.py            # ~1 min: builds a 2-checkpoint warehouse once per session
+    pytest tests/integration/test_app.py            # ~1 min: builds a 2-checkpoint warehouse once per session
 """
 from __future__ import annotations
 
@@ -19,34 +19,10 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from conftest import make_corpus_docs, save_checkpoint_family, table_contents
+from conftest import FILLED_RUN, filled_corpus, save_checkpoint_family, table_contents
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
-RUN = "tiny"
-_BUILT: dict[str, Path] = {}
-
-
-def build_app_warehouse(root: Path) -> Path:
-    """Returns a warehouse of one tiny run (steps 0 and 8) with every table, view and analysis filled."""
-    if "path" not in _BUILT:
-        from analyses import run_analyses
-        from ingest.config import IngestConfig
-        from ingest.pipeline import ingest
-        ckpts = save_checkpoint_family(root / "ckpts", steps=(0, 8))
-        corpus = root / "corpus.txt"
-        corpus.write_text("\n".join(make_corpus_docs(120)) + "\n")
-        path = root / "app.duckdb"
-        config = IngestConfig(model=str(ckpts), checkpoints="all", corpus=str(corpus), run=RUN, tokens=512,
-                              seq_len=32, n_samples=96, head_layers=1)
-        ingest(config, path, log=lambda *_: None)
-        run_analyses(path, RUN, log=lambda *_: None)
-        _BUILT.update(path=path, corpus=corpus)
-    return _BUILT["path"]
-
-
-@pytest.fixture(scope="session")
-def app_warehouse(tmp_path_factory) -> Path:
-    return build_app_warehouse(tmp_path_factory.mktemp("app_warehouse"))
+APP = Path(__file__).resolve().parents[2] / "app.py"
+RUN = FILLED_RUN
 
 
 def open_page(page: str, warehouse: Path, monkeypatch):
@@ -90,16 +66,16 @@ def run_facts(warehouse: Path) -> dict:
         con.close()
 
 
-def test_runs_page_charts_every_checkpoint(app_warehouse, monkeypatch):
-    at = open_page("Runs", app_warehouse, monkeypatch)
+def test_runs_page_charts_every_checkpoint(filled_warehouse, monkeypatch):
+    at = open_page("Runs", filled_warehouse, monkeypatch)
     (checkpoints,) = charts(at)["checkpoints ingested"]
-    assert checkpoints.num_rows == count(app_warehouse, "select count(*) from checkpoints") == 2
+    assert checkpoints.num_rows == count(filled_warehouse, "select count(*) from checkpoints") == 2
     assert at.dataframe[0].value["run_id"].to_list() == [RUN]
 
 
-def test_influence_page_draws_each_curve_with_its_regimes_and_fits(app_warehouse, monkeypatch):
-    facts = run_facts(app_warehouse)
-    at = open_page("Influence", app_warehouse, monkeypatch)
+def test_influence_page_draws_each_curve_with_its_regimes_and_fits(filled_warehouse, monkeypatch):
+    facts = run_facts(filled_warehouse)
+    at = open_page("Influence", filled_warehouse, monkeypatch)
     for step in (facts["steps"][-1], facts["steps"][0]):   # the slider starts at the last step
         if step != facts["steps"][-1]:
             at.select_slider(key="influence_step").set_value(step).run()
@@ -109,7 +85,7 @@ def test_influence_page_draws_each_curve_with_its_regimes_and_fits(app_warehouse
         for token_class in ("rare", "common"):
             for sign in ("boost", "suppress"):
                 (curve,) = drawn[f"{token_class} targets · {sign}"]   # points and fitted lines share one frame
-                expected = count(app_warehouse, "select count(*) from influence_regimes where run_id = ? and step = ? "
+                expected = count(filled_warehouse, "select count(*) from influence_regimes where run_id = ? and step = ? "
                                  "and layer = ? and token_class = ? and sign = ?",
                                  [RUN, step, facts["layer"], token_class, sign])
                 assert curve.num_rows == expected > 0
@@ -118,44 +94,44 @@ def test_influence_page_draws_each_curve_with_its_regimes_and_fits(app_warehouse
                 assert fitted and all(v > 0 for v in fitted)
 
 
-def test_dynamics_page_plots_every_metric_over_steps(app_warehouse, monkeypatch):
-    at = open_page("Dynamics", app_warehouse, monkeypatch)
+def test_dynamics_page_plots_every_metric_over_steps(filled_warehouse, monkeypatch):
+    at = open_page("Dynamics", filled_warehouse, monkeypatch)
     (points,) = charts(at)["training dynamics"]   # one chart, a facet per metric
     metrics = points.column("metric").to_pylist()
     assert {"plateau_fraction", "power_law_slope", "alpha_hill_w_out", "modularity_q", "eff_dim_95"} <= set(metrics)
     for metric in set(metrics):
-        assert metrics.count(metric) == count(app_warehouse, "select count(*) from app_dynamics where metric = ?",
+        assert metrics.count(metric) == count(filled_warehouse, "select count(*) from app_dynamics where metric = ?",
                                               [metric])
     assert metrics.count("plateau_fraction") == 2 * 2   # rare and common at both steps
 
 
-def test_geometry_page_heatmap_is_the_full_matrix_and_q_has_its_null(app_warehouse, monkeypatch):
-    facts = run_facts(app_warehouse)
-    at = open_page("Geometry & modularity", app_warehouse, monkeypatch)
+def test_geometry_page_heatmap_is_the_full_matrix_and_q_has_its_null(filled_warehouse, monkeypatch):
+    facts = run_facts(filled_warehouse)
+    at = open_page("Geometry & modularity", filled_warehouse, monkeypatch)
     group = at.selectbox(key="graph").value
     step = at.select_slider(key="geometry_step").value
     key = [RUN, step, facts["layer"], group]
     drawn = charts(at)
     (heatmap,) = drawn[f"Pearson r at rare targets, {group}, ordered by Louvain community"]
-    nodes = count(app_warehouse, "select count(*) from analysis_communities where run_id = ? and step = ? "
+    nodes = count(filled_warehouse, "select count(*) from analysis_communities where run_id = ? and step = ? "
                   "and layer = ? and group_name = ?", key)
     assert heatmap.num_rows == nodes * (nodes + 1) // 2 > 0   # the lower triangle with the diagonal
     null, observed = drawn[f"Q of {group} (red) vs random groups"]
-    assert null.num_rows == count(app_warehouse, "select n_null from analysis_modularity where run_id = ? and step = ? "
+    assert null.num_rows == count(filled_warehouse, "select n_null from analysis_modularity where run_id = ? and step = ? "
                                   "and layer = ? and group_name = ?", key) >= 100
     assert observed.num_rows == 1
 
 
-def test_correlation_matrix_agrees_with_modularity_edges(app_warehouse):
+def test_correlation_matrix_agrees_with_modularity_edges(filled_warehouse):
     # app_correlation_matrix recomputes r for one graph instead of reading modularity_edges (speed)
-    worst, pairs = duckdb.connect(str(app_warehouse), read_only=True).execute(
+    worst, pairs = duckdb.connect(str(filled_warehouse), read_only=True).execute(
         "select max(abs(m.pearson - e.signed_weight)), count(*) from app_correlation_matrix as m "
         "inner join modularity_edges as e using (run_id, step, layer, group_name, neuron_a, neuron_b)").fetchone()
     assert pairs > 0 and worst < 1e-9
 
 
-def test_spectra_page_draws_eigenvalues_fit_and_xmin(app_warehouse, monkeypatch):
-    at = open_page("Spectra", app_warehouse, monkeypatch)
+def test_spectra_page_draws_eigenvalues_fit_and_xmin(filled_warehouse, monkeypatch):
+    at = open_page("Spectra", filled_warehouse, monkeypatch)
     matrix = at.selectbox(key="matrix").value
     steps = at.multiselect(key="spectra_steps").value
     assert "mlp" in matrix and len(steps) == 2
@@ -163,59 +139,59 @@ def test_spectra_page_draws_eigenvalues_fit_and_xmin(app_warehouse, monkeypatch)
     layers = drawn[f"{matrix}: eigenvalue tail, power-law fit (dashed) above xmin"]
     eigen = sorted((t for t in layers if "ccdf" in t.column_names), key=lambda t: t.num_rows)  # tail fit, all points
     where = f"run_id = ? and matrix = ? and step in ({', '.join('?' * len(steps))})"
-    assert eigen[-1].num_rows == count(app_warehouse, f"select count(*) from app_spectrum_ccdf where {where}",
+    assert eigen[-1].num_rows == count(filled_warehouse, f"select count(*) from app_spectrum_ccdf where {where}",
                                        [RUN, matrix, *steps]) > 0
-    assert eigen[0].num_rows == count(app_warehouse, f"select count(*) from app_spectrum_ccdf where {where} "
+    assert eigen[0].num_rows == count(filled_warehouse, f"select count(*) from app_spectrum_ccdf where {where} "
                                       "and in_tail", [RUN, matrix, *steps]) > 0
     assert sum(t.num_rows for t in layers if "ccdf" not in t.column_names) == len(steps)   # one xmin rule per step
     (alphas,) = drawn[f"{matrix}: power-law α over training"]
     assert alphas.num_rows == 2
 
 
-def test_heads_page_shows_every_head_and_the_whole_layer(app_warehouse, monkeypatch):
-    facts = run_facts(app_warehouse)
-    at = open_page("Heads", app_warehouse, monkeypatch)
+def test_heads_page_shows_every_head_and_the_whole_layer(filled_warehouse, monkeypatch):
+    facts = run_facts(filled_warehouse)
+    at = open_page("Heads", filled_warehouse, monkeypatch)
     step = facts["steps"][-1]
     for method in ("mean", "bos"):
         if method != "mean":
             at.segmented_control(key="head_method").set_value(method).run()
             assert not at.exception
         drawn = charts(at)
-        layers = [r[0] for r in duckdb.connect(str(app_warehouse), read_only=True).execute(
+        layers = [r[0] for r in duckdb.connect(str(filled_warehouse), read_only=True).execute(
             "select distinct layer from head_ablations order by layer").fetchall()]
         for layer in layers:
             (bars,) = drawn[f"layer {layer}: single heads vs the whole layer, step {step}"]
-            assert bars.num_rows == count(app_warehouse, "select count(*) from head_ablations where run_id = ? "
+            assert bars.num_rows == count(filled_warehouse, "select count(*) from head_ablations where run_id = ? "
                                           "and step = ? and method = ? and layer = ?", [RUN, step, method, layer]) > 0
             assert "whole layer" in bars.column("target").to_pylist()
             (lines,) = drawn[f"layer {layer}: whole layer vs single heads over training"]
-            assert lines.num_rows == 3 * count(app_warehouse, "select count(*) from head_effects where run_id = ? "
+            assert lines.num_rows == 3 * count(filled_warehouse, "select count(*) from head_effects where run_id = ? "
                                                "and method = ? and layer = ? and token_class in ('rare', 'common')",
                                                [RUN, method, layer])
 
 
-def test_neuron_page_follows_one_neuron_across_steps(app_warehouse, monkeypatch):
-    facts = run_facts(app_warehouse)
-    at = open_page("Neuron", app_warehouse, monkeypatch)
+def test_neuron_page_follows_one_neuron_across_steps(filled_warehouse, monkeypatch):
+    facts = run_facts(filled_warehouse)
+    at = open_page("Neuron", filled_warehouse, monkeypatch)
     at.number_input(key="neuron").set_value(5).run()
     assert not at.exception
     drawn = charts(at)
     (deltas,) = drawn["neuron 5: ΔLoss when mean-ablated"]
     assert deltas.num_rows == 3 * len(facts["steps"])   # rare, common, all at every step
     (tokens,) = drawn["neuron 5: predicted tokens it fires most for (last step, sampled positions)"]
-    expected = count(app_warehouse, "select count(*) from app_neuron_target_tokens where run_id = ? and step = ? "
+    expected = count(filled_warehouse, "select count(*) from app_neuron_target_tokens where run_id = ? and step = ? "
                      "and neuron = 5", [RUN, facts["steps"][-1]])
     assert tokens.num_rows == min(20, expected) > 0
     (effects,) = drawn["neuron 5: tokens it boosts and suppresses most (last step)"]
-    assert effects.num_rows == 2 * 10 == count(app_warehouse, "select count(*) from neuron_token_effects "
+    assert effects.num_rows == 2 * 10 == count(filled_warehouse, "select count(*) from neuron_token_effects "
                                                "where run_id = ? and step = ? and neuron = 5", [RUN, facts["steps"][-1]])
 
 
-def test_sql_box_returns_rows_with_a_csv_download(app_warehouse, monkeypatch):
-    at = open_page("SQL", app_warehouse, monkeypatch)
+def test_sql_box_returns_rows_with_a_csv_download(filled_warehouse, monkeypatch):
+    at = open_page("SQL", filled_warehouse, monkeypatch)
     at.text_area(key="sql").set_value("select neuron, delta_loss from ablation_deltas where token_class = 'rare'").run()
     assert not at.exception and not at.error
-    assert len(at.dataframe[0].value) == count(app_warehouse, "select count(*) from ablation_deltas "
+    assert len(at.dataframe[0].value) == count(filled_warehouse, "select count(*) from ablation_deltas "
                                                "where token_class = 'rare'")
     assert at.get("download_button")
 
@@ -223,16 +199,16 @@ def test_sql_box_returns_rows_with_a_csv_download(app_warehouse, monkeypatch):
 @pytest.mark.parametrize("statement", ["drop table runs", "select 1; drop table runs", "delete from checkpoints",
                                        "copy runs to 'runs_copy.csv'", "attach ':memory:' as scratch",
                                        "explain analyze drop table runs"])
-def test_sql_box_refuses_writes_and_leaves_the_warehouse_unchanged(app_warehouse, monkeypatch, tmp_path, statement):
+def test_sql_box_refuses_writes_and_leaves_the_warehouse_unchanged(filled_warehouse, monkeypatch, tmp_path, statement):
     monkeypatch.chdir(tmp_path)
-    before, digest = repr(table_contents(app_warehouse)), hashlib.sha256(app_warehouse.read_bytes()).hexdigest()
-    at = open_page("SQL", app_warehouse, monkeypatch)
+    before, digest = repr(table_contents(filled_warehouse)), hashlib.sha256(filled_warehouse.read_bytes()).hexdigest()
+    at = open_page("SQL", filled_warehouse, monkeypatch)
     at.text_area(key="sql").set_value(statement).run()
     assert not at.exception
     assert "Refused" in at.error[0].value and "read-only" in at.error[0].value
     assert not at.dataframe
-    assert repr(table_contents(app_warehouse)) == before   # repr: NaN == NaN
-    assert hashlib.sha256(app_warehouse.read_bytes()).hexdigest() == digest
+    assert repr(table_contents(filled_warehouse)) == before   # repr: NaN == NaN
+    assert hashlib.sha256(filled_warehouse.read_bytes()).hexdigest() == digest
     assert not (tmp_path / "runs_copy.csv").exists()
 
 
@@ -247,13 +223,13 @@ def test_missing_or_empty_warehouse_says_how_to_fill_it(tmp_path, monkeypatch, s
         assert not at.get("vega_lite_chart")
 
 
-def test_pages_load_while_rtn_ingest_writes_to_the_same_warehouse(app_warehouse, tmp_path, monkeypatch):
+def test_pages_load_while_rtn_ingest_writes_to_the_same_warehouse(filled_warehouse, tmp_path, monkeypatch):
     path = tmp_path / "busy.duckdb"
-    shutil.copy(app_warehouse, path)
+    shutil.copy(filled_warehouse, path)
     ckpts = save_checkpoint_family(tmp_path / "more", steps=(0, 1, 2))
     ingest = subprocess.Popen(
         [sys.executable, "-m", "rtn.cli", "ingest", "--model", str(ckpts), "--checkpoints", "all", "--run", "second",
-         "--corpus", str(_BUILT["corpus"]), "--tokens", "512", "--seq-len", "32", "--samples", "64",
+         "--corpus", str(filled_corpus()), "--tokens", "512", "--seq-len", "32", "--samples", "64",
          "--head-layers", "0", "--no-spectra", "--warehouse", str(path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     loads_during_ingest, seen_steps = [], set()

@@ -1,9 +1,9 @@
 """The explorer in a real browser: `rtn app` on a free local port, Debian's Chromium driven by
 Playwright, every page opened, its charts waited for, screenshotted and timed.
 
-    pytest -m browser -s tests/test_browser.py                         # tiny warehouse built here
-    RTN_APP_WAREHOUSE=demo.duckdb pytest -m browser -s tests/test_browser.py   # time it on the demo
-    RTN_SCREENSHOTS=docs pytest -m browser tests/test_browser.py       # also writes docs/influence.png
+    pytest -m browser -s tests/acceptance/test_browser.py                         # tiny warehouse built here
+    RTN_APP_WAREHOUSE=demo.duckdb pytest -m browser -s tests/acceptance/test_browser.py   # time it on the demo
+    RTN_SCREENSHOTS=docs pytest -m browser tests/acceptance/test_browser.py       # also writes docs/influence.png
 
 Skips when Chromium (`apt-get install chromium`; another binary: RTN_CHROMIUM=PATH) or the playwright
 package is missing.
@@ -24,11 +24,11 @@ from urllib.parse import quote
 
 import pytest
 
-from test_app import build_app_warehouse
+from conftest import build_filled_warehouse
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RTN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -59,7 +59,7 @@ def browser():
 def app_url(browser, tmp_path_factory):
     """Yields the URL of `rtn app` serving the demo warehouse ($RTN_APP_WAREHOUSE) or a tiny one."""
     given = os.environ.get("RTN_APP_WAREHOUSE")
-    warehouse = Path(given) if given else build_app_warehouse(tmp_path_factory.mktemp("browser_warehouse"))
+    warehouse = Path(given) if given else build_filled_warehouse(tmp_path_factory.mktemp("browser_warehouse"))
     port = free_port()
     log = tmp_path_factory.mktemp("app_log") / "app.log"
     with open(log, "w") as out:

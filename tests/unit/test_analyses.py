@@ -1,14 +1,14 @@
 """When `rtn analyze --stale-only` (and so `rtn demo`) recomputes a run's analysis tables.
 
-    .venv/bin/pytest tests/test_analyses.py -q
+    .venv/bin/pytest tests/unit/test_analyses.py -q
 """
 from __future__ import annotations
 
 import duckdb
 import polars as pl
 
-import analyses
-import sql
+from rtn import analyses
+from rtn import sql
 from rtn import warehouse
 
 

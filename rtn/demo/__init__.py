@@ -16,15 +16,15 @@ SUMMARY_TABLES = ("checkpoints", "token_frequencies", "eval_tokens", "neuron_sta
 
 def demo_config(assets):
     """Returns the IngestConfig the demo uses for the synthetic model's checkpoints."""
-    from ingest.config import IngestConfig
+    from rtn.ingest.config import IngestConfig
     return IngestConfig(model=str(assets.checkpoint_dir), checkpoints="all", corpus=str(assets.corpus_path),
                         run=DEMO_RUN, tokens=4096, seq_len=assets.config.seq_len, n_samples=512)
 
 
 def run_demo(path: Path, log=print) -> None:
     """Builds (or completes) the demo warehouse at `path` and prints what to do next."""
-    from ingest.pipeline import ingest
-    from ingest.synthetic import ensure_demo
+    from rtn.ingest.pipeline import ingest
+    from rtn.demo.synthetic import ensure_demo
 
     started = time.perf_counter()
     warehouse.check_writable(Path(path))

@@ -1,7 +1,7 @@
 """Influence regimes, neuron groups and their dynamics: the views token_classes, neuron_influence,
 regime_summary, influence_regimes, regime_dynamics, neuron_groups, and the robust Python fit.
 
-    .venv/bin/pytest tests/test_regimes.py -q
+    .venv/bin/pytest tests/unit/test_regimes.py -q
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-import sql
-from analyses import regimes
+from regime_oracle import best_pair, continuous_fit, cut_grid, hinge_design, huber_weights
+from rtn import sql
+from rtn.analyses import regimes
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VIEWS = ["token_classes", "neuron_influence", "regime_summary", "influence_regimes", "regime_dynamics",
          "neuron_groups"]
 
@@ -75,21 +76,33 @@ POWER_LAW_CURVE = [1.0 / r for r in range(1, 17)]
 
 # ---- token_classes ---------------------------------------------------------------------------
 
-def test_token_classes_rank_types_by_count_and_split_at_the_median_type():
+def test_token_classes_rank_types_by_count_and_split_at_each_runs_threshold():
     con = duckdb.connect()
     sql.create_tables(con)
     con.execute("""insert into token_frequencies values
         ('c', 0, 'the', 100), ('c', 1, 'cat', 10), ('c', 2, 'sat', 10), ('c', 3, 'zyx', 1), ('c', 4, 'qq', 3),
         ('d', 0, 'a', 7)""")
+    con.execute("""insert into runs (run_id, corpus_id, rare_threshold) values
+        ('median', 'c', 0.5), ('strict', 'c', 0.2), ('loose', 'c', 0.75), ('other', 'd', 0.5)""")
     sql.apply_views(con, names=["token_classes"])
-    got = con.sql("select * from token_classes order by corpus_id, token_id").fetchall()
+    got = con.sql("select * from token_classes order by run_id, token_id").fetchall()
     assert got == [
-        ("c", 0, "the", 100, 1, 1.0, "common"),
-        ("c", 1, "cat", 10, 2, 0.5, "common"),
-        ("c", 2, "sat", 10, 3, 0.5, "common"),
-        ("c", 3, "zyx", 1, 5, 0.0, "rare"),
-        ("c", 4, "qq", 3, 4, 0.25, "rare"),
-        ("d", 0, "a", 7, 1, 0.0, "rare"),
+        ("loose", "c", 0, "the", 100, 1, 1.0, "common"),
+        ("loose", "c", 1, "cat", 10, 2, 0.5, "rare"),       # 0.5 < 0.75
+        ("loose", "c", 2, "sat", 10, 3, 0.5, "rare"),
+        ("loose", "c", 3, "zyx", 1, 5, 0.0, "rare"),
+        ("loose", "c", 4, "qq", 3, 4, 0.25, "rare"),
+        ("median", "c", 0, "the", 100, 1, 1.0, "common"),
+        ("median", "c", 1, "cat", 10, 2, 0.5, "common"),
+        ("median", "c", 2, "sat", 10, 3, 0.5, "common"),
+        ("median", "c", 3, "zyx", 1, 5, 0.0, "rare"),
+        ("median", "c", 4, "qq", 3, 4, 0.25, "rare"),
+        ("other", "d", 0, "a", 7, 1, 0.0, "rare"),
+        ("strict", "c", 0, "the", 100, 1, 1.0, "common"),
+        ("strict", "c", 1, "cat", 10, 2, 0.5, "common"),
+        ("strict", "c", 2, "sat", 10, 3, 0.5, "common"),
+        ("strict", "c", 3, "zyx", 1, 5, 0.0, "rare"),
+        ("strict", "c", 4, "qq", 3, 4, 0.25, "common"),     # 0.25 is not below 0.2
     ]
 
 
@@ -154,45 +167,6 @@ def test_regime_summary_on_hand_written_curves():
     assert common["delta_bic"] < 0
     assert (common["fitted_plateau_intercept"], common["fitted_plateau_slope"]) == (None, None)
     assert common["fitted_power_law_intercept"] == pytest.approx(0.0, abs=1e-9)
-
-
-def hinge_design(n: int, breaks: list[int]) -> np.ndarray:
-    """Returns the explicit design [n, 2 + len(breaks)] of a continuous line on x = ln(rank):
-    1, x and (x - ln b)+ for each break b."""
-    x = np.log(np.arange(1, n + 1))
-    return np.column_stack([np.ones_like(x), x] + [np.maximum(0.0, x - math.log(b)) for b in breaks])
-
-
-def continuous_fit(log_influence: np.ndarray, breaks: list[int], weights: np.ndarray | None = None
-                   ) -> tuple[float, np.ndarray]:
-    """Returns ((weighted) squared error, coefficients) of the (weighted) least-squares continuous
-    line with hinges at ln(b) for each break b (numpy's lstsq on the explicit design: the slow path)."""
-    design = hinge_design(log_influence.size, breaks)
-    root = np.ones(log_influence.size) if weights is None else np.sqrt(weights)
-    coef = np.linalg.lstsq(design * root[:, None], log_influence * root, rcond=None)[0]
-    return float((((design @ coef - log_influence) * root) ** 2).sum()), coef
-
-
-def cut_grid(n: int) -> tuple[list[int], list[int]]:
-    """Returns (cuts, coarse cuts): the last rank of each bucket 5 % of rank wide, and of those the
-    ones that also end a bucket 10 % wide, keeping 3 neurons on either side."""
-    rank = np.arange(1, n + 1)
-    bucket = np.floor(np.log(rank) / 0.05).astype(int)   # bucket[r] is rank r + 1's
-    cuts = [int(r) for r in rank[:-1] if bucket[r] != bucket[r - 1] and 3 <= r <= n - 3]
-    return cuts, [r for r in cuts if bucket[r - 1] // 2 != bucket[r] // 2]
-
-
-def best_pair(y: np.ndarray, firsts, seconds, weights=None) -> tuple[float, int, int]:
-    """Returns (squared error, b1, b2) of the best continuous three-segment line over the pairs
-    b1 < b2 that keep 3 neurons and an e-fold of rank between them (ties: smallest breaks)."""
-    return min((continuous_fit(y, [a, b], weights)[0], a, b) for a in firsts for b in seconds
-               if b - a >= 3 and math.log(b / a) >= 1)
-
-
-def huber_weights(residuals: np.ndarray) -> tuple[float, np.ndarray]:
-    """Returns (k, weights min(1, k / |r|)), k = 1.345 robust standard deviations (1.4826 MAD)."""
-    k = max(1.345 * 1.4826 * np.median(np.abs(residuals - np.median(residuals))), 1e-3)
-    return k, np.minimum(1.0, k / np.maximum(np.abs(residuals), 1e-300))
 
 
 def test_regime_summary_is_least_squares_over_every_pair_then_one_huber_step():
@@ -388,7 +362,7 @@ def test_neuron_groups_are_the_same_in_another_process(tmp_path):
     parquet = tmp_path / "ablation_deltas.parquet"
     pl.concat(frames).write_parquet(parquet)
     script = (
-        "import duckdb, polars as pl, sql\n"
+        "import duckdb, polars as pl\nfrom rtn import sql\n"
         "con = duckdb.connect(); sql.create_tables(con)\n"
         f"con.execute(\"insert into ablation_deltas by name select * from read_parquet('{parquet}')\")\n"
         "sql.apply_views(con)\n"
@@ -396,39 +370,6 @@ def test_neuron_groups_are_the_same_in_another_process(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == repr(here)
-
-
-# ---- grain -----------------------------------------------------------------------------------
-
-GRAINS = {
-    "token_classes": ["corpus_id", "token_id"],
-    "neuron_influence": ["run_id", "step", "layer", "token_class", "sign", "neuron"],
-    "regime_summary": ["run_id", "step", "layer", "token_class", "sign"],
-    "influence_regimes": ["run_id", "step", "layer", "token_class", "sign", "neuron"],
-    "regime_dynamics": ["run_id", "layer", "sign", "step"],
-    "neuron_groups": ["run_id", "step", "layer", "group_name", "neuron"],
-}
-
-
-@pytest.fixture(scope="module")
-def two_runs():
-    frames = []
-    for run_id in ["a", "b"]:
-        for step in [0, 100, 1000]:
-            for token_class, plateau in [("rare", 12), ("common", 1), ("all", 4)]:
-                influence = planted_influence(400, plateau, -1.0, 300, noise=0.02, seed=step)
-                signs = np.where(np.random.default_rng(step + 1).random(400) < 0.7, 1.0, -1.0)
-                frames.append(ablation_rows(influence * signs, run_id=run_id, step=step, token_class=token_class))
-    con = warehouse(*frames)
-    con.execute("insert into token_frequencies select 'c', i, 't' || i, (1000 / (i + 1))::bigint from range(50) t(i)")
-    return con
-
-
-@pytest.mark.parametrize("view", list(GRAINS))
-def test_view_grain_is_unique(two_runs, view):
-    keys = ", ".join(GRAINS[view])
-    rows, distinct = two_runs.sql(f"select count(*), count(distinct ({keys})) from {view}").fetchall()[0]
-    assert rows > 0 and rows == distinct
 
 
 # ---- analyses/regimes.py ---------------------------------------------------------------------
@@ -503,88 +444,3 @@ def test_analysis_regime_fits_flag_wrong_sql_breakpoints():
     assert fit["sql_has_plateau"] and fit["refined_from_sql"]
     assert not fit["agrees_with_sql"]
     assert abs(fit["plateau_end_rank"] - 40) <= 0.05 * 40 and abs(fit["decay_start_rank"] - 1500) <= 0.05 * 1500
-
-
-# ---- the demo warehouse (slow) ---------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def demo_warehouse(tmp_path_factory) -> Path:
-    """Returns a freshly built demo warehouse (the trained model comes from the cache, $RTN_CACHE or
-    ~/.cache/rtn: ~100 s warm, ingest + analyses; a cold cache trains it first)."""
-    from rtn.demo import run_demo
-    path = tmp_path_factory.mktemp("demo") / "demo.duckdb"
-    run_demo(path, log=lambda *a: None)
-    return path
-
-
-def demo_regime_fits(path: Path) -> pl.DataFrame:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.sql("select * from analysis_regime_fits where run_id = 'demo' and sql_has_plateau").pl()
-    finally:
-        con.close()
-
-
-def demo_curve(path: Path, fit: dict) -> np.ndarray:
-    """Returns ln|ΔLoss| of the demo curve behind one analysis_regime_fits row, by rank."""
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        rows = con.sql(
-            "select log_influence from neuron_influence where run_id = ? and step = ? and layer = ? "
-            "and token_class = ? and sign = ? order by rank",
-            params=[fit[key] for key in ["run_id", "step", "layer", "token_class", "sign"]])
-        return rows.fetchnumpy()["log_influence"]
-    finally:
-        con.close()
-
-
-@pytest.mark.slow
-def test_python_robust_fit_agrees_with_sql_on_every_demo_plateau_curve(demo_warehouse):
-    # issue 3, acceptance 2: within 10 % of rank on both breakpoints (measured: 69 of 69 curves;
-    # the independent grid fit, which never sees the SQL, on 68)
-    fits = demo_regime_fits(demo_warehouse)
-    assert fits.height > 0 and fits["refined_from_sql"].all()
-    disagree = fits.filter(~pl.col("agrees_with_sql")).select(
-        "step", "token_class", "sign", "plateau_end_rank", "sql_plateau_end_rank", "decay_start_rank",
-        "sql_decay_start_rank")
-    assert disagree.height == 0, f"{disagree.height} of {fits.height} plateau curves disagree:\n{disagree}"
-    assert fits["grid_agrees_with_sql"].mean() >= 0.95
-
-
-def huber_loss(residuals: np.ndarray, k: float) -> float:
-    """Returns the Huber loss: r² / 2 within k of 0, k |r| - k² / 2 beyond."""
-    a = np.abs(residuals)
-    return float(np.where(a <= k, a * a / 2, k * a - k * k / 2).sum())
-
-
-@pytest.mark.slow
-def test_the_huber_step_lowers_the_huber_loss_of_every_demo_curve(demo_warehouse):
-    # One reweighted step is a majorize-minimize step: the weighted line at the reported breaks has
-    # at most the Huber loss of the least-squares start (numpy on the explicit design, every curve).
-    con = duckdb.connect(str(demo_warehouse), read_only=True)
-    try:
-        fits = con.sql("select * from regime_summary where run_id = 'demo' and ls_three_seg_plateau_end_rank "
-                       "is not null order by all").pl()
-        robust = con.sql("select * from analysis_regime_fits where run_id = 'demo' and sql_has_plateau").pl()
-    finally:
-        con.close()
-    moved = 0
-    for fit in fits.iter_rows(named=True):
-        y = demo_curve(demo_warehouse, fit)
-        start = [fit["ls_three_seg_plateau_end_rank"], fit["ls_three_seg_decay_start_rank"] - 1]
-        reported = [fit["three_seg_plateau_end_rank"], fit["three_seg_decay_start_rank"] - 1]
-        before = y - hinge_design(y.size, start) @ continuous_fit(y, start)[1]
-        k, weights = huber_weights(before)
-        assert fit["huber_scale"] == pytest.approx(k, rel=1e-9)
-        after = y - hinge_design(y.size, reported) @ continuous_fit(y, reported, weights)[1]
-        assert huber_loss(after, k) <= huber_loss(before, k) * (1 + 1e-12)
-        moved += reported != start
-    assert moved >= 1                         # measured: most curves move a cut or two
-    # and where least squares alone lands over 10 % from the robust fit, the step settles it
-    # (measured: 6 plateau curves, rare suppress at steps 4 and 8 among them)
-    joined = robust.join(fits.select(regimes.CURVE + ["ls_three_seg_plateau_end_rank", "ls_three_seg_decay_start_rank"]),
-                         on=regimes.CURVE)
-    least_squares_agrees = regimes._agrees("plateau_end_rank", "ls_three_seg_plateau_end_rank") & regimes._agrees(
-        "decay_start_rank", "ls_three_seg_decay_start_rank")
-    settled = joined.filter(~least_squares_agrees)
-    assert settled.height >= 1 and settled["agrees_with_sql"].all()

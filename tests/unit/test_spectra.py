@@ -1,6 +1,6 @@
 """Weight spectra: WeightWatcher-style power-law fits and the papers' per-group Hill α.
 
-    .venv/bin/pytest tests/test_spectra.py
+    .venv/bin/pytest tests/unit/test_spectra.py
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from analyses import group_spectra
-from ingest import spectra
+from rtn.analyses import group_spectra
+from rtn.ingest import spectra
 from test_geometry import build_warehouse
 
 
@@ -138,11 +138,38 @@ def test_spectra_table_has_one_row_per_matrix_with_the_contract_columns():
     rng = np.random.default_rng(7)
     table = spectra.spectra_table([("embed.weight", -1, rng.standard_normal((40, 16))),
                                    ("layers.0.mlp.weight", 0, rng.standard_normal((16, 64)))])
-    assert table.columns == ["layer", "matrix", "alpha", "xmin", "ks_distance", "sigma", "n_evals", "alpha_weighted",
+    assert table.columns == ["layer", "matrix", "role", "alpha", "xmin", "ks_distance", "sigma", "n_evals", "alpha_weighted",
                              "stable_rank", "log_norm", "log_spectral_norm", "mp_softrank", "heavy_tail", "tail_class",
                              "eigenvalues"]
     assert table.select("layer", "matrix", "n_evals").rows() == [(-1, "embed.weight", 16), (0, "layers.0.mlp.weight", 16)]
     assert spectra.spectra_table([]).height == 0
+    assert table["role"].to_list() == ["other", "other"]     # no adapter was asked: the rows say so
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("gpt_neox", {"gpt_neox.embed_in.weight": "embedding", "lm_head.weight": "unembedding",
+                  "gpt_neox.layers.1.attention.query_key_value.weight": "attention",
+                  "gpt_neox.layers.1.attention.dense.weight": "attention",
+                  "gpt_neox.layers.1.mlp.dense_h_to_4h.weight": "mlp_in",
+                  "gpt_neox.layers.1.mlp.dense_4h_to_h.weight": "mlp_out"}),
+    ("gpt2", {"transformer.wte.weight": "embedding", "transformer.wpe.weight": "embedding",   # wte is tied to lm_head
+              "transformer.h.0.attn.c_attn.weight": "attention", "transformer.h.0.attn.c_proj.weight": "attention",
+              "transformer.h.0.mlp.c_fc.weight": "mlp_in", "transformer.h.0.mlp.c_proj.weight": "mlp_out"}),
+    ("llama", {"model.embed_tokens.weight": "embedding", "lm_head.weight": "unembedding",
+               "model.layers.0.self_attn.q_proj.weight": "attention", "model.layers.0.self_attn.o_proj.weight": "attention",
+               "model.layers.0.mlp.gate_proj.weight": "mlp_in", "model.layers.0.mlp.up_proj.weight": "mlp_in",
+               "model.layers.0.mlp.down_proj.weight": "mlp_out"}),
+])
+def test_every_matrix_gets_its_role_from_the_family_adapter(family, expected):
+    from conftest import tiny_model
+    from rtn.ingest import adapters
+    model = tiny_model(family)
+    rows = spectra.weight_spectra(model, adapters.adapter_for(model))
+    roles = dict(zip(rows["matrix"], rows["role"]))
+    assert {name: roles[name] for name in expected} == expected
+    assert set(roles.values()) <= set(adapters.ROLES) - {"other"}     # every 2-D matrix of these families has a role
+    layers = dict(zip(rows["matrix"], rows["layer"]))
+    assert {layers[name] for name, role in roles.items() if role in ("embedding", "unembedding")} == {-1}
 
 
 def test_group_hill_matches_dense_correlation_eigendecomposition():
@@ -190,7 +217,7 @@ def test_group_spectra_finds_heavier_tails_in_the_planted_group():
 def test_spectra_table_fills_every_weight_spectra_column():
     import duckdb
 
-    import sql
+    from rtn import sql
     from rtn.warehouse import replace_rows
     con = duckdb.connect()
     sql.create_tables(con)

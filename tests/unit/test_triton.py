@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ingest.ablation import Readout, ablation_terms, neuron_deltas
+from rtn.ingest.ablation import neuron_deltas
+from rtn.ingest.ablation_terms import ablation_terms
+from rtn.ingest.readout import Readout
 
 ODD_SIZES = [(37, 13, 24, 101), (70, 45, 40, 203)]   # tokens, neurons, d_model, V: multiples of no block size
 
@@ -43,7 +45,7 @@ def interpreter_results() -> dict:
 
     Runs in a subprocess started with TRITON_INTERPRET=1: Triton reads it when first imported.
     """
-    from ingest import ablation_triton
+    from rtn.ingest import ablation_triton
     assert ablation_triton._interpreting()
     results = {}
 
@@ -74,7 +76,7 @@ def interpreted():
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_triton; "
             "print(json.dumps(test_triton.interpreter_results()))")
     proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -106,7 +108,7 @@ def _cuda_kernel():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     pytest.importorskip("triton")
-    from ingest import ablation_triton
+    from rtn.ingest import ablation_triton
     if ablation_triton._interpreting():
         pytest.skip("TRITON_INTERPRET is set")
     return ablation_triton
@@ -128,7 +130,7 @@ def test_gpu_kernel_equals_cpu_path(size, layernorm):
 @pytest.mark.gpu
 def test_ingest_routes_float32_cuda_to_the_kernel_and_agrees():
     kernel = _cuda_kernel()
-    from ingest.extract import ablate_all
+    from rtn.ingest.ablation import ablate_all
     args = _problem(*ODD_SIZES[1], layernorm=True, effect=5.0, logit_scale=40.0)   # with overflowing entries too
     calls = []
     original = kernel.run_kernel

@@ -15,8 +15,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ingest.synthetic import DONE_FILE, DemoConfig, cache_key, ensure_demo, generate_corpus
-from ingest.train import CHECKPOINT_INFO_FILE, checkpoint_steps
+from rtn.demo.config import DemoConfig, cache_key
+from rtn.demo.synthetic import DONE_FILE, ensure_demo, generate_corpus
+from rtn.demo.train import CHECKPOINT_INFO_FILE, checkpoint_steps
 
 TINY = DemoConfig(n_types=200, n_documents=300, n_planted_pairs=4, pair_rate=0.1, d_model=32, n_heads=2,
                   d_mlp=64, batch_size=8, train_steps=40, warmup_steps=5, n_even_checkpoints=2,
@@ -170,22 +171,3 @@ def test_build_restores_the_callers_torch_thread_count(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
-
-
-@pytest.mark.slow
-def test_default_demo_learns_the_planted_pairs(tmp_path):
-    assets = ensure_demo(tmp_path)
-    root = assets.checkpoint_dir
-    last = root / f"step{assets.config.train_steps}"
-    first_loss = json.loads((root / "step0" / CHECKPOINT_INFO_FILE).read_text())["eval_loss"]
-    final_loss = json.loads((last / CHECKPOINT_INFO_FILE).read_text())["eval_loss"]
-    assert final_loss < first_loss - 2.0
-    tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer_dir)
-    model = AutoModelForCausalLM.from_pretrained(last).eval()
-    structure = json.loads((root / "synthetic.json").read_text())
-    pairs, prefix = structure["planted_pairs"], " ".join(structure["words_by_rank"][:3]) + " . "
-    contexts = tokenizer([prefix + trigger for trigger, _ in pairs], return_tensors="pt")["input_ids"]
-    targets = torch.tensor(tokenizer.convert_tokens_to_ids([target for _, target in pairs]))
-    with torch.no_grad():
-        probs = model(contexts).logits[:, -1].softmax(-1)[torch.arange(len(pairs)), targets]  # [n_pairs]
-    assert probs.mean() > 0.5

@@ -24,8 +24,8 @@ def save_random_family(root: Path, shape_name: str, size: int, seed: int = 0, lo
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from ingest import synthetic
-    from ingest.bench import SHAPES, random_model
+    from rtn.demo import synthetic
+    from rtn.shapes import SHAPES, random_model
     if shape_name not in SHAPES:
         raise RtnError(f"unknown --shape {shape_name!r} for --save-family: use {', '.join(SHAPES)}")
     if size < 1:
@@ -79,7 +79,7 @@ def format_stages(rows: list[dict], total_s: float) -> str:
 
 def profile_ingest(config, log=print) -> dict:
     """Ingests `config` (an IngestConfig) into a temporary warehouse; returns {seconds, rows}."""
-    from ingest.pipeline import ingest
+    from rtn.ingest.pipeline import ingest
     with tempfile.TemporaryDirectory(prefix="rtn-profile-") as folder:
         path = Path(folder) / "profile.duckdb"
         started = time.perf_counter()
@@ -91,7 +91,7 @@ def profile_ingest(config, log=print) -> dict:
 
 def run_profile(args) -> None:
     """`rtn bench --save-family DIR` and/or `rtn bench --profile-ingest MODEL_DIR`."""
-    from ingest.config import IngestConfig
+    from rtn.ingest.config import IngestConfig
     if args.save_family:
         save_random_family(Path(args.save_family), args.shape, args.family_size,
                            log=lambda message: print(message, file=sys.stderr))

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from ingest import ablation
-from ingest.ablation import Readout, neuron_deltas
+from rtn.ingest import ablation
+from rtn.ingest.ablation import neuron_deltas
+from rtn.ingest.readout import Readout
 from rtn.cli import main
 
 BENCH_KEYS = ("fast_s", "patch_s", "hook_s", "speedup_vs_patch", "speedup_vs_hook", "max_abs_diff",
@@ -47,7 +48,6 @@ def test_bench_bad_input_is_a_one_line_error(argv, message):
     assert message in proc.stderr and proc.stderr.count("\n") == 1
 
 
-@pytest.mark.slow
 def test_profile_ingest_reports_each_stage_of_each_checkpoint(tmp_path, capsys):
     family = tmp_path / "family"
     assert main(["bench", "--save-family", str(family), "--shape", "tiny", "--family-size", "2"]) == 0
@@ -84,7 +84,6 @@ def test_cpu_float32_path_recomputes_overflowing_sums():
     assert ((fast - reference).abs() / reference.abs().clamp_min(1.0)).max() <= 1e-3
 
 
-@pytest.mark.slow
 def test_compiled_cpu_loop_equals_the_eager_path(monkeypatch):
     # 19 x 70 pairs in (8, 32) blocks: 4 compiled blocks plus eager strips on both edges.
     args = _random_problem()

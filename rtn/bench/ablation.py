@@ -2,11 +2,11 @@
 
     rtn bench --shape 70m --tokens 1024 --device cpu
     rtn bench --shape 410m --tokens 8192 --device cuda --json
-    rtn bench --profile-ingest MODEL_DIR          # where a whole ingest spends its time (ingest/profile.py)
+    rtn bench --profile-ingest MODEL_DIR          # where a whole ingest spends its time (rtn/bench/profile.py)
 
 A run builds a random Pythia-shaped GPT-NeoX (or loads a local model folder), captures the last
 MLP layer's activations and the final residual of a random token batch, then times
-  fast   every neuron at once: ingest.extract.ablate_all, as the ingest runs it (the Triton
+  fast   every neuron at once: rtn.ingest.ablation.ablate_all, as the ingest runs it (the Triton
          kernel on CUDA, chunked torch on CPU);
   patch  the papers' method, per neuron: r + c w -> final norm -> W_U -> loss, a tokens x d_model
          x vocabulary GEMM each;
@@ -17,40 +17,23 @@ exps at the device's exp throughput, measured in the same run.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from ingest import ablation, adapters
-from ingest.ablation import readout_of
-from ingest.capture import capture, hooked
-from ingest.extract import ablate_all
+from rtn.ingest import ablation, adapters, sources
+from rtn.ingest.ablation import ablate_all
+from rtn.ingest.capture import capture, hooked
+from rtn.ingest.readout import readout_of
 from rtn.errors import RtnError
+from rtn.shapes import SHAPES, random_model
 
 # H100 SXM spec sheet: 132 SMs x 16 MUFU ex2 results per clock x 1.98 GHz boost.
 H100_SXM_EXP2_PER_S = 132 * 16 * 1.98e9
-
-
-@dataclass(frozen=True)
-class Shape:
-    d_model: int     # residual width
-    n_layers: int    # transformer blocks
-    n_heads: int     # attention heads per block
-    d_mlp: int       # MLP neurons per block: the neurons ablated
-    vocab: int       # unembedding rows
-
-
-SHAPES = {
-    "tiny": Shape(64, 2, 4, 96, 1009),           # for the tests: seconds on a CPU, sizes off every block size
-    "70m": Shape(512, 6, 8, 2048, 50304),        # Pythia-70M
-    "410m": Shape(1024, 24, 16, 4096, 50304),    # Pythia-410M
-    "1.4b": Shape(2048, 24, 16, 8192, 50304),    # Pythia-1.4B
-}
 
 
 @dataclass
@@ -81,31 +64,10 @@ def _timed(device: torch.device, fn):
     return result, time.perf_counter() - start
 
 
-def random_model(shape: Shape, device: torch.device, seed: int = 0):
-    """Returns a random Pythia-layout GPT-NeoX of `shape` on `device`, in eval mode.
-
-    Weights are N(0, 1/d_model): logits then spread by about one nat, like a trained model's,
-    so ablation effects are large enough for the agreement check to mean something.
-    """
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-    config = GPTNeoXConfig(
-        vocab_size=shape.vocab, hidden_size=shape.d_model, num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads, intermediate_size=shape.d_mlp, max_position_embeddings=2048,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
-        use_parallel_residual=True, tie_word_embeddings=False, initializer_range=shape.d_model ** -0.5,
-        bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(seed)
-    with torch.device(device):   # initialise where it will run: a 1.4b model is slow to fill on a CPU
-        model = GPTNeoXForCausalLM(config)
-    return model.eval()
-
-
 def _load(config: BenchConfig, device: torch.device):
     if config.shape in SHAPES:
         return random_model(SHAPES[config.shape], device, config.seed), f"{config.shape}-shaped GPT-NeoX, random weights"
     from pathlib import Path
-
-    from ingest import sources
     if not Path(config.shape).expanduser().is_dir():
         raise RtnError(f"unknown --shape {config.shape!r}: use {', '.join(SHAPES)} or a local model folder")
     ref = sources.resolve_checkpoints(config.shape, "final")[-1]
@@ -183,8 +145,7 @@ def _slow_paths(model, adapter, layer, ids, resid, acts, w_out, sample, mean_act
 
 def bench(config: BenchConfig) -> dict:
     """Returns the timings, ratios and agreement of the three methods (see the module docstring)."""
-    from ingest.pipeline import pick_device
-    device = pick_device(config.device)
+    device = sources.pick_device(config.device)
     if config.tokens < 2 or config.sample_neurons < 1:
         raise RtnError(f"--tokens {config.tokens} must be at least 2 and --sample-neurons {config.sample_neurons} at least 1")
     (model, name), build_s = _timed(device, lambda: _load(config, device))
@@ -209,7 +170,7 @@ def bench(config: BenchConfig) -> dict:
     threads = torch.get_num_threads()
     exp_rate_torch = _exp_rate_torch(device)
     if device.type == "cuda":
-        from ingest import ablation_triton
+        from rtn.ingest import ablation_triton
         fast_path = "triton" if ablation_triton.available() else "torch"
         exp_rate = ablation_triton.exp2_throughput() if fast_path == "triton" else exp_rate_torch
     else:
@@ -258,7 +219,7 @@ def bench(config: BenchConfig) -> dict:
         result.update(spec_exp_rate=H100_SXM_EXP2_PER_S, spec_floor_s=exps / H100_SXM_EXP2_PER_S,
                       exp_floor_fraction_spec=exps / H100_SXM_EXP2_PER_S / fast_s)
         if fast_path == "triton":
-            from ingest import ablation_triton
+            from rtn.ingest import ablation_triton
             result["triton_config"] = ablation_triton.best_config()
     return result
 
@@ -296,15 +257,3 @@ def format_report(r: dict) -> str:
         if r.get("triton_config"):
             lines.append(f"kernel config: {r['triton_config']}")
     return "\n".join(lines)
-
-
-def run_bench(args) -> None:
-    """`rtn bench`: prints the report (or one JSON object with --json); --profile-ingest and --save-family branch off."""
-    if getattr(args, "save_family", None) or getattr(args, "profile_ingest", None):
-        from ingest import profile
-        profile.run_profile(args)
-        return
-    config = BenchConfig(shape=args.shape, tokens=args.tokens, device=args.device, sample_neurons=args.sample_neurons)
-    result = bench(config)
-    result["config"] = asdict(config)
-    print(json.dumps(result) if args.json else format_report(result))

@@ -1,6 +1,6 @@
 """The embedded offline default: a seeded synthetic corpus, its tokenizer, and the cached demo model.
 
-    from ingest.synthetic import ensure_demo
+    from rtn.demo.synthetic import ensure_demo
     assets = ensure_demo()           # cold: ~1–1.5 min on 2 CPU cores; warm: returns at once
     assets.checkpoint_dir / "step0"  # every checkpoint folder loads with from_pretrained
 
@@ -22,7 +22,7 @@ The cache (`$RTN_CACHE`, default ~/.cache/rtn) holds one folder per config:
         synthetic.json             the planted pairs and the words by Zipf rank
         tokenizer.json, ...        the tokenizer (save_pretrained)
         training.json              config, checkpoint steps, loss of every step
-        step0/ step1/ step2/ …     model + tokenizer + rtn_checkpoint.json (see ingest/train.py)
+        step0/ step1/ step2/ …     model + tokenizer + rtn_checkpoint.json (see rtn/demo/train.py)
         done                       written last: a folder without it is never used
 
 A build is written to a hidden staging folder and renamed into place, so an interrupted or
@@ -30,18 +30,18 @@ concurrent build never leaves a half-built cache behind.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-CACHE_FORMAT = 1  # bump when code changes what a given config builds, so old caches are not reused
+from rtn.demo.config import DemoAssets, DemoConfig, cache_key, default_cache_dir
+
 CORPUS_FILE = "corpus.jsonl"
 DONE_FILE = "done"
 EOS = "<|endoftext|>"  # separates documents; also the bos token, as in Pythia
@@ -55,54 +55,6 @@ ONSETS = ["", "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "
           "sh", "ch", "th", "br", "kr", "st", "pl", "gr", "tr"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ei", "ea"]
 CODAS = ["", "", "", "n", "r", "s", "l", "k", "m"]
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Everything that determines the demo corpus, tokenizer and checkpoints (hashed into the cache key)."""
-
-    seed: int = 0  # seeds the corpus, the model initialisation and the batch order
-    # corpus
-    n_types: int = 1000  # word types; few enough that tokens × neurons × vocab stays cheap on CPU
-    zipf_exponent: float = 1.0  # p(rank r) ∝ 1 / r^s; natural language is close to 1
-    n_documents: int = 5000  # ≈ 80 tokens each, ≈ 0.4 M tokens: the rarest types still occur ~10 times
-    min_sentences: int = 3  # sentences per document, drawn uniformly in [min, max]
-    max_sentences: int = 12
-    min_sentence_words: int = 5  # words per sentence before its ".", drawn uniformly in [min, max]
-    max_sentence_words: int = 15
-    n_word_classes: int = 8  # grammar classes (like parts of speech); 1 = words drawn independently
-    class_successors: int = 3  # classes that may follow each class: fewer = more predictable next word
-    n_planted_pairs: int = 16  # (trigger → target) pairs of rare words
-    pair_rate: float = 0.025  # chance a sentence holds a planted pair; keeps each target below the median count
-    pair_follow_prob: float = 0.9  # P(target | trigger): high, so the target is predictable from context
-    repeat_rate: float = 0.02  # chance a position repeats a rare word from earlier in its document
-    # model (GPT-NeoX, Pythia's layout)
-    d_model: int = 64  # residual width
-    n_layers: int = 2  # transformer blocks; the last MLP is the one rtn studies
-    n_heads: int = 4  # attention heads per layer
-    d_mlp: int = 256  # MLP neurons per layer (4 × d_model, as Pythia)
-    max_positions: int = 128  # longest sequence the model accepts; must be ≥ seq_len
-    rotary_fraction: float = 0.25  # share of each head's dimensions that get rotary embeddings, as Pythia
-    # training
-    seq_len: int = 64  # tokens per training sequence (documents joined by <|endoftext|>, then chunked)
-    batch_size: int = 32  # sequences per step; tokens_seen = step × batch_size × seq_len
-    train_steps: int = 800  # optimizer updates: planted pairs are learned (P ≈ 0.8) within ~1.5 min
-    lr: float = 3e-3  # peak AdamW learning rate; tiny models tolerate a high one
-    warmup_steps: int = 50  # linear warm-up, then cosine decay to 10 % of lr (Pythia's shape)
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
-    grad_clip: float = 1.0  # max global gradient norm, guards the high learning rate
-    n_even_checkpoints: int = 4  # evenly spaced checkpoints up to train_steps, after the log-spaced 0, 1, 2, 4, …
-    eval_sequences: int = 64  # held-out sequences scored at every checkpoint (eval_loss)
-
-
-@dataclass(frozen=True)
-class DemoAssets:
-    """Where a built demo lives."""
-
-    checkpoint_dir: Path  # holds step0/, step1/, … (each a save_pretrained folder)
-    corpus_path: Path  # the corpus the model was trained on, jsonl with a "text" field
-    tokenizer_dir: Path  # AutoTokenizer.from_pretrained(tokenizer_dir) loads the tokenizer
-    config: DemoConfig  # the config that built them
 
 
 @dataclass
@@ -253,17 +205,6 @@ def train_tokenizer(documents: list[str], out_dir: Path, model_max_length: int):
     return wrapped
 
 
-def default_cache_dir() -> Path:
-    """Returns $RTN_CACHE, or ~/.cache/rtn when it is unset."""
-    return Path(os.environ.get("RTN_CACHE") or Path.home() / ".cache" / "rtn").expanduser()
-
-
-def cache_key(config: DemoConfig) -> str:
-    """Returns the name of the config's cache folder: a short hash of the config and CACHE_FORMAT."""
-    payload = json.dumps({"cache_format": CACHE_FORMAT, **asdict(config)}, sort_keys=True)
-    return "demo-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
 def ensure_demo(cache_dir: Path | None = None, config: DemoConfig = DemoConfig()) -> DemoAssets:
     """Returns the demo's checkpoints, corpus and tokenizer, building them first unless already cached."""
     root = Path(cache_dir or default_cache_dir()).expanduser() / cache_key(config)
@@ -274,7 +215,7 @@ def ensure_demo(cache_dir: Path | None = None, config: DemoConfig = DemoConfig()
 
 def build_demo(out_dir: Path, config: DemoConfig) -> None:
     """Writes corpus, tokenizer, checkpoints and training log for `config` into `out_dir` (no caching)."""
-    from ingest.train import train_checkpoints  # torch loads only when a build is needed
+    from rtn.demo.train import train_checkpoints  # torch loads only when a build is needed
 
     corpus = generate_corpus(config)
     write_corpus(corpus, out_dir / CORPUS_FILE)

@@ -7,7 +7,6 @@ import sys
 import time
 
 import duckdb
-import pytest
 
 from conftest import run_cli, save_checkpoint_family, table_contents
 
@@ -27,7 +26,6 @@ def _done_steps(path) -> int:
         con.close()
 
 
-@pytest.mark.slow
 def test_killed_ingest_resumes_to_identical_tables(tmp_path, corpus_txt):
     root = save_checkpoint_family(tmp_path / "ckpts", steps=STEPS)
     args = ["ingest", "--model", root, "--checkpoints", "all", "--corpus", corpus_txt, "--tokens", 2048,

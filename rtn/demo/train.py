@@ -1,8 +1,9 @@
 """Trains the demo's tiny GPT-NeoX with a plain torch loop, saving checkpoints at Pythia-like steps.
 
-Called by `ingest.synthetic.ensure_demo`, which caches the result; to build into a folder directly:
+Called by `rtn.demo.synthetic.ensure_demo`, which caches the result; to build into a folder directly:
 
-    from ingest.synthetic import DemoConfig, build_demo
+    from rtn.demo.config import DemoConfig
+    from rtn.demo.synthetic import build_demo
     build_demo(Path("demo/"), DemoConfig(train_steps=40))
 
 Each checkpoint folder `step{N}/` holds the model and tokenizer (save_pretrained) and
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM
 from transformers.utils import logging as transformers_logging
 
-from ingest.synthetic import DemoConfig, cache_key
+from rtn.demo.config import DemoConfig, cache_key
+from rtn.shapes import Shape, pythia_config
 
 CHECKPOINT_INFO_FILE = "rtn_checkpoint.json"
 
@@ -66,26 +68,12 @@ def token_sequences(tokenizer, documents: list[str], seq_len: int) -> torch.Tens
     return torch.tensor(stream[: n_sequences * seq_len], dtype=torch.long).view(n_sequences, seq_len)
 
 
-def _model_config(config: DemoConfig, tokenizer) -> GPTNeoXConfig:
+def _model_config(config: DemoConfig, tokenizer):
     if config.max_positions < config.seq_len:
         raise ValueError(f"max_positions={config.max_positions} must be ≥ seq_len={config.seq_len}")
-    return GPTNeoXConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=config.d_model,
-        num_hidden_layers=config.n_layers,
-        num_attention_heads=config.n_heads,
-        intermediate_size=config.d_mlp,
-        max_position_embeddings=config.max_positions,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                         "partial_rotary_factor": config.rotary_fraction},
-        use_parallel_residual=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    shape = Shape(config.d_model, config.n_layers, config.n_heads, config.d_mlp, len(tokenizer))
+    return pythia_config(shape, config.max_positions, config.rotary_fraction, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
 def _lr_factor(step: int, config: DemoConfig) -> float:

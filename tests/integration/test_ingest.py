@@ -8,27 +8,11 @@ import polars as pl
 import pytest
 import torch
 
-import sql
 from conftest import make_corpus_docs, make_tokenizer, save_checkpoint_family, save_model_folder, table_contents
-from ingest import adapters
-from ingest.config import IngestConfig
-from ingest.pipeline import ingest
-from ingest.capture import hooked
-
-GRAINS = {
-    "runs": ["run_id"], "checkpoints": ["run_id", "step"], "corpora": ["corpus_id"],
-    "token_frequencies": ["corpus_id", "token_id"], "eval_tokens": ["run_id", "seq", "pos"],
-    "eval_losses": ["run_id", "step", "token_class"],
-    "neuron_stats": ["run_id", "step", "layer", "neuron"], "activation_samples": ["run_id", "step", "layer", "neuron"],
-    "activation_sample_positions": ["run_id", "sample_idx"],
-    "ablation_deltas": ["run_id", "step", "layer", "neuron", "token_class"],
-    "neuron_weights": ["run_id", "step", "layer", "neuron"],
-    "weight_spectra": ["run_id", "step", "layer", "matrix"],
-    "head_ablations": ["run_id", "step", "layer", "head", "method", "token_class"],
-    "group_ablation_deltas": ["run_id", "step", "layer", "group_name", "k", "token_class"],
-    "neuron_token_effects": ["run_id", "step", "layer", "neuron", "direction", "rank"],
-}
-
+from rtn.ingest import adapters
+from rtn.ingest.config import IngestConfig
+from rtn.ingest.pipeline import ingest
+from rtn.ingest.capture import hooked
 
 def _config(model, corpus, **kw):
     return IngestConfig(model=str(model), corpus=str(corpus), tokens=512, seq_len=32, n_samples=64,
@@ -69,20 +53,6 @@ def test_ingest_folder_of_checkpoint_folders_every_step(tmp_path, corpus_txt):
     assert steps == [(0, 0, "done"), (1, 1024, "done"), (2, 2048, "done"), (4, 4096, "done")]
     per_step = con.execute("select step, count(*) from ablation_deltas group by step order by step").fetchall()
     assert per_step == [(s, 3 * 72) for s in (0, 1, 2, 4)]
-
-
-def test_grain_of_every_table_is_unique(tmp_path, corpus_txt):
-    root = save_checkpoint_family(tmp_path / "ckpts", steps=(0, 3))
-    wh = tmp_path / "w.duckdb"
-    ingest(_config(root, corpus_txt, checkpoints="all"), wh, log=lambda *_: None)
-    con = duckdb.connect(str(wh), read_only=True)
-    sql_tables = set(sql.table_files())
-    for table, grain in GRAINS.items():
-        assert table in sql_tables
-        keys = ", ".join(grain)
-        dupes = con.execute(f"select count(*) from (select {keys} from {table} group by all having count(*) > 1)").fetchone()[0]
-        assert dupes == 0, table
-    assert con.execute("select count(*) from neuron_stats").fetchone()[0] == 2 * 72
 
 
 def test_runs_config_holds_the_full_configuration(tmp_path, corpus_txt):

@@ -1,0 +1,23 @@
+"""`rtn bench`: how fast, and how exact, rtn's ablation is against the slow paths; where an ingest spends its time.
+
+    rtn bench --shape 70m --tokens 1024 --device cpu        # rtn/bench/ablation.py
+    rtn bench --save-family DIR --shape 410m                  # rtn/bench/profile.py
+    rtn bench --profile-ingest DIR --device cuda
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+
+def run_bench(args) -> None:
+    """`rtn bench`: prints the report (or one JSON object with --json); --profile-ingest and --save-family branch off."""
+    if getattr(args, "save_family", None) or getattr(args, "profile_ingest", None):
+        from rtn.bench import profile
+        profile.run_profile(args)
+        return
+    from rtn.bench.ablation import BenchConfig, bench, format_report
+    config = BenchConfig(shape=args.shape, tokens=args.tokens, device=args.device, sample_neurons=args.sample_neurons)
+    result = bench(config)
+    result["config"] = asdict(config)
+    print(json.dumps(result) if args.json else format_report(result))
