@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # A user's own modules with rtn's old top-level names, all broken: rtn must never import them.
 SHADOWS = ("sql/__init__.py", "ingest/__init__.py", "analyses/__init__.py", "app.py")
 
