@@ -2,9 +2,11 @@
 
     rows = head_ablations(model, adapter, data, config, clean_losses_by_class, plateau_neurons)
 
-Every ablation is one re-run of the model with a forward pre-hook on the layer's attention
-output projection, whose input is the concatenation of the head outputs, head-major
-[..., n_heads * d_head]. Two methods:
+Every ablation is a forward pre-hook on the layer's attention output projection, whose input is
+the concatenation of the head outputs, head-major [..., n_heads * d_head]. The clean run records
+the residual entering each ablated layer (ingest/rerun.py), so an ablation re-runs only that
+block, the blocks after it, the final norm and the unembedding — at the positions whose loss is
+averaged (EXCLUDED positions are skipped). Two methods:
 
 * `mean`: the head's slice is replaced by its mean over every eval position (of a clean run);
 * `bos`:  the head attends only to the first position, as the follow-up paper's code did. Under
@@ -22,13 +24,13 @@ from dataclasses import dataclass
 
 import polars as pl
 import torch
-
-from rtn.ingest import adapters
+from rtn.ingest import adapters, rerun
 from rtn.ingest.adapters import Adapter
 from rtn.ingest.capture import hooked
 from rtn.ingest.config import IngestConfig
-from rtn.ingest.corpus import EvalData, class_masks
+from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks
 from rtn.ingest.readout import cross_entropy
+
 from rtn.errors import RtnError
 
 METHODS = ("mean", "bos")
@@ -79,22 +81,25 @@ def ablation_hook(columns: slice, method: str, means: torch.Tensor):
 
 @dataclass
 class _Pass:
-    losses: torch.Tensor        # [S*L] loss of the prediction at each position
+    losses: torch.Tensor        # [S*L] loss of the prediction at each position (NaN where not computed)
     plateau_acts: torch.Tensor  # [S*L, p] activations of the plateau neurons at the studied layer
+
+
+def _plateau_grabber(plateau: torch.Tensor, dtype: torch.dtype, acts: list):
+    def grab_plateau(_module, inputs):
+        acts.append(inputs[0][..., plateau.to(inputs[0].device)].flatten(0, -2).to(dtype))   # [B*L, p]
+    return grab_plateau
 
 
 @torch.no_grad()
 def _run(model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, dtype: torch.dtype,
          studied_layer: int, plateau: torch.Tensor, extra_hooks=()) -> _Pass:
-    """Returns the per-position losses and plateau activations of one run with `extra_hooks`."""
+    """Returns the per-position losses and plateau activations of one whole-model run with `extra_hooks`."""
     device = next(model.parameters()).device
     losses, acts = [], []
-
-    def grab_plateau(_module, inputs):
-        acts.append(inputs[0][..., plateau.to(inputs[0].device)].flatten(0, -2).to(dtype))   # [B*L, p]
-
     with ExitStack() as stack:
-        stack.enter_context(hooked(adapters.mlp_out_module(model, adapter, studied_layer), grab_plateau))
+        stack.enter_context(hooked(adapters.mlp_out_module(model, adapter, studied_layer),
+                                   _plateau_grabber(plateau, dtype, acts)))
         for module, pre_hook in extra_hooks:
             stack.enter_context(hooked(module, pre_hook))
         for start in range(0, input_ids.shape[0], batch_size):
@@ -103,6 +108,32 @@ def _run(model, adapter: Adapter, input_ids: torch.Tensor, batch_size: int, dtyp
             targets = torch.roll(ids, -1, dims=1)                                    # token at pos + 1
             losses.append(cross_entropy(logits, targets).reshape(-1))
     return _Pass(torch.cat(losses), torch.cat(acts))
+
+
+@torch.no_grad()
+def _rerun(model, adapter: Adapter, calls: rerun.BlockCalls, layer: int, input_ids: torch.Tensor,
+           included: torch.Tensor, batch_size: int, dtype: torch.dtype, studied_layer: int,
+           plateau: torch.Tensor, clean: _Pass, patch) -> _Pass:
+    """Returns what `_run` with `patch` returns, re-running from block `layer` of the recorded clean run.
+
+    Losses are computed at `included` [S, L] positions only (NaN elsewhere). A studied layer
+    before `layer` is not re-run: its activations are the clean ones.
+    """
+    device = next(model.parameters()).device
+    losses, acts = torch.full((input_ids.numel(),), float("nan"), dtype=dtype, device=device), []
+    with ExitStack() as stack:
+        if studied_layer >= layer:
+            stack.enter_context(hooked(adapters.mlp_out_module(model, adapter, studied_layer),
+                                       _plateau_grabber(plateau, dtype, acts)))
+        for batch, hidden in enumerate(rerun.rerun(model, adapter, calls, layer, [patch])):   # the batches of _run
+            start = batch * batch_size
+            ids = input_ids[start:start + batch_size].to(device)
+            keep = included[start:start + batch_size].to(device)                     # [B, L]
+            logits = rerun.readout_logits(model, adapter, hidden[keep]).to(dtype)    # [K, V]
+            targets = torch.roll(ids, -1, dims=1)[keep]                              # token at pos + 1
+            batch_losses = losses[start * ids.shape[1]:(start + ids.shape[0]) * ids.shape[1]]   # a view: [B*L]
+            batch_losses[keep.reshape(-1)] = cross_entropy(logits, targets)
+    return _Pass(losses, torch.cat(acts) if acts else clean.plateau_acts)
 
 
 @torch.no_grad()
@@ -133,8 +164,9 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
             sums[layer] = sums[layer] + total if layer in sums else total
         return hook
 
-    clean = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau,
-                 [(adapters.attn_out_module(model, adapter, layer), accumulate(layer)) for layer in layers])
+    with rerun.recording(model, adapter, layers) as calls:
+        clean = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau,
+                     [(adapters.attn_out_module(model, adapter, layer), accumulate(layer)) for layer in layers])
     means = {layer: total / data.input_ids.numel() for layer, total in sums.items()}   # over every eval position
     masks = class_masks(data.classes.reshape(-1).to(device))
     if clean_losses_by_class is None:
@@ -146,8 +178,9 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
         for method in methods:
             for head in [*range(n_heads), WHOLE_LAYER]:
                 hook = ablation_hook(head_columns(head, n_heads, width), method, means[layer])
-                ablated = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau,
-                               [(adapters.attn_out_module(model, adapter, layer), hook)])
+                ablated = _rerun(model, adapter, calls, layer, data.input_ids, data.classes != EXCLUDED,
+                                 config.batch_size, dtype, studied, plateau, clean,
+                                 (adapters.attn_out_module(model, adapter, layer), hook))
                 delta = ablated.losses - clean.losses                                 # [S*L]
                 act_change = (ablated.plateau_acts - clean.plateau_acts).abs()        # [S*L, p]
                 for name, mask in masks.items():
