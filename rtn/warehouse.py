@@ -45,12 +45,29 @@ def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConne
 
 
 def _apply_schema(con) -> None:
+    """Creates the tables and views unless the warehouse already holds this code's (one cheap query then).
+
+    The applied version is stored in the warehouse, not remembered by the process, so a new
+    file, changed SQL and another process's (other code's) schema are all noticed.
+    """
+    version = sql.schema_version()
+    try:
+        stored = con.execute("select version from warehouse_schema").fetchall()
+    except duckdb.CatalogException:    # a new warehouse, or one made before the version was stored
+        stored = None
+    if stored == [(version,)]:
+        return
     sql.create_tables(con)
     sql.apply_views(con)
+    con.execute("begin transaction")
+    con.execute("delete from warehouse_schema")
+    con.execute("insert into warehouse_schema values (?)", [version])
+    con.execute("commit")
 
 
 def update_schema(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 60.0) -> None:
-    """Creates the warehouse's missing tables and columns and (re)creates every view, as this code defines them."""
+    """Creates the warehouse's missing tables and columns and (re)creates every view, as this code defines them
+    (a no-op when the warehouse already holds this code's schema)."""
     check_writable(Path(path))
     con = _connect(Path(path), read_only=False, wait_s=wait_s)
     try:

@@ -5,6 +5,8 @@ found from which other view names each file mentions.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from pathlib import Path
 
@@ -20,6 +22,20 @@ def table_files() -> dict[str, Path]:
 def view_files() -> dict[str, Path]:
     """Returns {view name: its file}."""
     return {path.stem: path for path in sorted(SQL_DIR.glob("*.sql"))}
+
+
+@functools.cache
+def schema_version() -> str:
+    """Returns a digest of every SQL file and of the code applying them: equal digests, equal warehouse schema."""
+    return sql_digest(SQL_DIR)
+
+
+def sql_digest(folder: Path) -> str:
+    """Returns a 16-hex-digit digest of the .sql files under `folder` (names and contents) and of this module."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in sorted(Path(folder).rglob("*.sql")):
+        digest.update(b"\0" + path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _without_comments(text: str) -> str:
