@@ -24,14 +24,14 @@ from dataclasses import dataclass
 
 import polars as pl
 import torch
+
+from rtn.errors import RtnError
 from rtn.ingest import adapters, rerun
 from rtn.ingest.adapters import Adapter
 from rtn.ingest.capture import hooked
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks
 from rtn.ingest.readout import cross_entropy
-
-from rtn.errors import RtnError
 
 METHODS = ("mean", "bos")
 WHOLE_LAYER = -1   # the `head` of a whole-layer ablation

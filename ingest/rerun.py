@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
+
 from rtn.ingest import adapters
 from rtn.ingest.adapters import Adapter
 from rtn.ingest.capture import hooked

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 import torch
 from conftest import VOCAB, tiny_model
+
 from rtn.ingest import adapters, heads, rerun
 from rtn.ingest.capture import hooked
 from rtn.ingest.config import IngestConfig
