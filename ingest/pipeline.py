@@ -16,13 +16,13 @@ import torch
 from tqdm import tqdm
 
 import rtn
+from rtn import warehouse
+from rtn.errors import RtnError
 from rtn.ingest import adapters, corpus, sources
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.extract import extract_checkpoint
 from rtn.ingest.heads import check_head_layers
 from rtn.ingest.progress import StageTimer
-from rtn import warehouse
-from rtn.errors import RtnError
 
 RUN_TABLES = ("eval_tokens", "activation_sample_positions")
 STEP_TABLES = ("neuron_stats", "activation_samples", "ablation_deltas", "eval_losses", "neuron_weights",
@@ -119,11 +119,11 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     }
     started = time.perf_counter()
     for ref in tqdm(todo, desc=f"ingest {run_id}", unit="ckpt", file=sys.stderr, disable=None):
-        timer = StageTimer()
+        timer = StageTimer(f"ingest {run_id} step {ref.step}")   # one line per stage where tqdm is silent
         with timer("load"):
             model = sources.load_model(ref, torch.float32, device)
-        if adapters.adapter_for(model) != adapter:
-            raise RtnError(f"{ref.source} is a {model.config.model_type} model, unlike the run's first checkpoint")
+            if adapters.adapter_for(model) != adapter:
+                raise RtnError(f"{ref.source} is a {model.config.model_type} model, unlike the run's first checkpoint")
         tables = extract_checkpoint(model, data, config, timer, step=ref.step)
         with warehouse.writing(path) as con:
             write_started = time.perf_counter()   # the row that records the stages is written inside this
@@ -135,7 +135,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
                 if rows.height:
                     rows = rows.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(ref.step).alias("step"))
                 warehouse.replace_rows(con, table, rows, run_id=run_id, step=ref.step)
-            timer.seconds["write"] = round(time.perf_counter() - write_started, 4)
+            timer.record("write", time.perf_counter() - write_started)
             warehouse.replace_rows(con, "checkpoints", pl.DataFrame([{
                 "run_id": run_id, "step": ref.step, "revision": ref.revision, "source": ref.source,
                 "tokens_seen": ref.tokens_seen, "ingested_at": datetime.now(timezone.utc).replace(tzinfo=None),

@@ -7,12 +7,13 @@ import duckdb
 import polars as pl
 import pytest
 import torch
-
 from conftest import make_corpus_docs, make_tokenizer, save_checkpoint_family, save_model_folder, table_contents
+
 from rtn.ingest import adapters
+from rtn.ingest.capture import hooked
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.pipeline import ingest
-from rtn.ingest.capture import hooked
+
 
 def _config(model, corpus, **kw):
     return IngestConfig(model=str(model), corpus=str(corpus), tokens=512, seq_len=32, n_samples=64,
@@ -140,3 +141,20 @@ def test_neuron_token_effects_are_the_top_logit_effects_of_each_neuron(tmp_path,
             assert [row[0] for row in stored] == expected.tolist()
             assert np.allclose([row[1] for row in stored], effects[neuron, expected], atol=1e-5)
             assert [row[2] for row in stored] == make_tokenizer().convert_ids_to_tokens(expected.tolist())
+
+
+def test_ingest_in_a_batch_log_prints_one_line_per_stage_per_checkpoint(tmp_path, corpus_txt):
+    from conftest import run_cli
+    root = save_checkpoint_family(tmp_path / "ckpts", steps=(0, 8))
+    wh = tmp_path / "w.duckdb"
+    proc = run_cli("ingest", "--model", root, "--checkpoints", "all", "--corpus", corpus_txt, "--run", "tiny",
+                   "--tokens", 256, "--seq-len", 32, "--warehouse", wh)       # stderr is a pipe, not a terminal
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ingest tiny step ")]
+    con = duckdb.connect(str(wh), read_only=True)
+    for step, stages in con.execute("select step, stage_seconds from checkpoints order by step").fetchall():
+        stages = json.loads(stages)
+        printed = [line.split(": ", 1)[1].rsplit(" ", 2) for line in lines if line.startswith(f"ingest tiny step {step}:")]
+        assert [stage for stage, _, _ in printed] == list(stages)       # every stage once, in the order it ran
+        for stage, seconds, _ in printed:
+            assert float(seconds) == pytest.approx(stages[stage], abs=0.051)
+    assert len(lines) == 2 * len(stages) and {"load", "forward", "heads", "write"} <= set(stages)
