@@ -1,6 +1,6 @@
 """Analyses that SQL cannot do (eigenvalues, Louvain, robust fits), written as analysis_* tables.
 
-They read the warehouse's tables and views, compute with numpy/scipy/networkx, and never
+They read the warehouse's tables and views, compute with numpy/scipy/igraph, and never
 import torch. `rtn analyze [--run NAME]` runs them all:
 
     from rtn.analyses import run_analyses

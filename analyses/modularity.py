@@ -4,22 +4,24 @@
     tables = modularity.compute(con, "demo")   # {"analysis_modularity": ..., "analysis_communities": ...}
 
 A group's graph (the `modularity_edges` view) has the group's neurons as nodes and |Pearson r|
-of their rare-target activations as edge weights. Louvain (networkx, fixed seed) gives a
-partition and its modularity Q. The null distribution is Q of `n_null` random groups of the same
+of their rare-target activations as edge weights. Louvain (igraph's multilevel, fixed seed)
+gives a partition and its modularity Q. The null distribution is Q of `n_null` random groups of the same
 size drawn from every neuron of the layer, built and scored exactly like the observed graph;
 p = (1 + #(null Q >= Q)) / (1 + n_null). Groups of one size share one null sample.
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import random
 import sys
 import zlib
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import networkx as nx
+import igraph
 import numpy as np
 import polars as pl
 
@@ -30,7 +32,7 @@ from rtn.analyses.geometry import group_members, rare_activation_matrix
 class ModularityConfig:
     n_null: int = 100          # random groups per group size in the permutation test
     seed: int = 0              # seeds the null groups, together with run, step, layer and size
-    louvain_seed: int = 0      # networkx louvain_communities seed, fixed so Q is reproducible
+    louvain_seed: int = 0      # seeds igraph's multilevel Louvain, fixed so Q is reproducible
     resolution: float = 1.0    # Louvain and modularity resolution (1 = Newman's modularity)
     workers: int = 0           # processes running the null Louvain fits; 0 = one per core where forking is safe
     pool_min_size: int = 24    # smaller groups stay in-process: a worker pool costs ~1 s to start
@@ -47,21 +49,35 @@ def correlation_weights(acts: np.ndarray) -> np.ndarray:
 def louvain_labels(weights: np.ndarray, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
     """Returns the Louvain community of each node of the graph whose upper triangle is `weights`.
 
-    Nodes 0..m-1, an edge i < j for every finite weight, added in row-major order so that the
-    same matrix always gives the same partition; communities numbered by their smallest node.
+    igraph's multilevel Louvain (compiled; networkx's pure-Python one made the permutation nulls
+    most of `rtn analyze`). Nodes 0..m-1, an edge i < j for every finite weight, in row-major
+    order, and igraph's random numbers drawn from a generator seeded with `seed` for this call
+    alone, so the same matrix always gives the same partition; communities numbered by their
+    smallest node.
     """
     size = weights.shape[0]
+    if size == 0:
+        return np.empty(0, dtype=np.int64)
     rows, cols = np.triu_indices(size, 1)
     values = weights[rows, cols]
     keep = np.isfinite(values)
-    graph = nx.Graph()
-    graph.add_nodes_from(range(size))
-    graph.add_weighted_edges_from(zip(rows[keep].tolist(), cols[keep].tolist(), values[keep].tolist()))
-    communities = nx.community.louvain_communities(graph, weight="weight", resolution=resolution, seed=seed)
-    labels = np.empty(size, dtype=np.int64)
-    for number, members in enumerate(sorted(communities, key=min)):
-        labels[list(members)] = number
-    return labels
+    if keep.all():   # the usual case: a complete graph, whose edges igraph lists in this same order
+        graph = _complete_graph(size)
+    else:
+        graph = igraph.Graph(n=size, edges=np.column_stack([rows[keep], cols[keep]]).tolist())
+    igraph.set_random_number_generator(random.Random(seed))
+    try:
+        membership = graph.community_multilevel(weights=values[keep].tolist(), resolution=resolution).membership
+    finally:
+        igraph.set_random_number_generator(random)   # igraph's default: the random module
+    _, first, community = np.unique(membership, return_index=True, return_inverse=True)   # first: smallest node
+    return np.argsort(np.argsort(first))[community].astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _complete_graph(size: int) -> igraph.Graph:
+    """Returns the complete graph on nodes 0..size-1, edges (0,1), (0,2), ..., (1,2), ... (np.triu_indices order)."""
+    return igraph.Graph.Full(size)
 
 
 def modularity_q(weights: np.ndarray, labels: np.ndarray, resolution: float = 1.0) -> float:

@@ -8,10 +8,10 @@ import networkx as nx
 import numpy as np
 import polars as pl
 import pytest
+from test_geometry import build_warehouse
 
 from rtn.analyses import modularity
 from rtn.analyses.modularity import ModularityConfig
-from test_geometry import build_warehouse
 
 
 def _graph(weights: np.ndarray) -> nx.Graph:
@@ -91,7 +91,7 @@ def test_independent_activations_give_q_near_the_null_and_a_large_p():
     rng = np.random.default_rng(12)
     n_samples, n_neurons = 80, 120
     acts = rng.standard_normal((n_samples, n_neurons))
-    groups = {"plateau": list(range(0, 10)), "random_1": list(range(10, 20)), "random_2": list(range(20, 30))}
+    groups = {"plateau": list(range(10)), "random_1": list(range(10, 20)), "random_2": list(range(20, 30))}
     con = build_warehouse({0: acts}, {0: groups}, np.ones(n_samples, bool))
     summary = modularity.compute(con, "t", ModularityConfig(workers=1))["analysis_modularity"]
     for row in summary.iter_rows(named=True):
@@ -143,3 +143,33 @@ def test_worker_pool_gives_the_same_tables_as_one_process():
                 for w in (1, 2))
     for table in one:
         assert one[table].equals(two[table]), table
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_louvain_partition_is_seeded_apart_from_global_state_and_as_good_as_networkx(seed):
+    import random
+    rng = np.random.default_rng(20 + seed)
+    weights = np.abs(modularity.correlation_weights(np.hstack([_blocks(rng, 60, [4, 6, 5], noise=1.2),
+                                                                rng.standard_normal((60, 9))])))
+    labels = modularity.louvain_labels(weights, seed=3)
+    random.seed(seed)                                   # the global generators igraph and numpy could read
+    np.random.seed(seed)
+    assert np.array_equal(modularity.louvain_labels(weights, seed=3), labels)
+    assert labels[0] == 0 and all(labels[i] <= labels[:i].max() + 1 for i in range(1, len(labels)))  # by smallest node
+    communities = [set(np.flatnonzero(labels == c).tolist()) for c in range(labels.max() + 1)]
+    q = nx.community.modularity(_graph(weights), communities, weight="weight")
+    assert modularity.modularity_q(weights, labels) == pytest.approx(q, abs=1e-12)
+    networkx_q = nx.community.modularity(_graph(weights), nx.community.louvain_communities(
+        _graph(weights), weight="weight", seed=0), weight="weight")
+    assert q >= networkx_q - 0.01                       # a Louvain optimum, not just any partition
+
+
+def test_louvain_on_edgeless_and_empty_graphs():
+    assert modularity.louvain_labels(np.zeros((0, 0))).shape == (0,)
+    assert modularity.louvain_labels(np.full((3, 3), np.nan)).tolist() == [0, 1, 2]
+
+
+def test_the_complete_graph_lists_its_edges_in_the_order_of_the_weights():
+    for size in (2, 3, 17):
+        rows, cols = np.triu_indices(size, 1)
+        assert [edge.tuple for edge in modularity._complete_graph(size).es] == list(zip(rows.tolist(), cols.tolist()))
