@@ -4,9 +4,11 @@
     tables = modularity.compute(con, "demo")   # {"analysis_modularity": ..., "analysis_communities": ...}
 
 A group's graph (the `modularity_edges` view) has the group's neurons as nodes and |Pearson r|
-of their rare-target activations as edge weights. Louvain (igraph's multilevel, fixed seed)
-gives a partition and its modularity Q. The null distribution is Q of `n_null` random groups of the same
-size drawn from every neuron of the layer, built and scored exactly like the observed graph;
+of their rare-target activations as edge weights; it is built here from the layer's activations
+(`rare_activations`) as the null graphs are, and the tests check it against the view. Louvain
+(igraph's multilevel, fixed seed) gives a partition and its modularity Q. The null distribution
+is Q of `n_null` random groups of the same size drawn from every neuron of the layer, built and
+scored exactly like the observed graph;
 p = (1 + #(null Q >= Q)) / (1 + n_null). Groups of one size share one null sample.
 """
 from __future__ import annotations
@@ -159,23 +161,20 @@ def _graph_members(groups: pl.DataFrame) -> dict[str, list[int]]:
     return members
 
 
-def _edge_matrix(edges: pl.DataFrame, neurons: list[int], column: str) -> np.ndarray:
-    """Returns the [m, m] upper-triangular matrix of an edge list's `column`, NaN where no edge."""
-    index = {n: i for i, n in enumerate(neurons)}
-    matrix = np.full((len(neurons), len(neurons)), np.nan)
-    rows = [index[n] for n in edges["neuron_a"]]
-    cols = [index[n] for n in edges["neuron_b"]]
-    matrix[rows, cols] = edges[column].to_numpy()
-    return matrix
+def _columns(layer_ids: np.ndarray, layer_acts: np.ndarray, neurons: list[int]) -> np.ndarray:
+    """Returns the activations [samples, len(neurons)] of `neurons`; NaN for a neuron without samples (no edges)."""
+    column = {int(neuron): i for i, neuron in enumerate(layer_ids)}
+    picked = np.full((layer_acts.shape[0], len(neurons)), np.nan)
+    for i, neuron in enumerate(neurons):
+        if neuron in column:
+            picked[:, i] = layer_acts[:, column[neuron]]
+    return picked
 
 
 def compute(con, run_id: str, config: ModularityConfig | None = None) -> dict[str, pl.DataFrame]:
     """Returns {"analysis_modularity", "analysis_communities"} for every group graph of a run."""
     config = config or ModularityConfig()
     groups = group_members(con, run_id)
-    edges = con.sql(
-        "select step, layer, group_name, neuron_a, neuron_b, weight, signed_weight from modularity_edges "
-        "where run_id = ?", params=[run_id]).pl()
     largest = 2 * max((len(n) for n in groups["neurons"]), default=0)   # a union graph at most
     workers = _worker_count(config)
     # fork, not spawn: spawn re-runs the host's __main__ (a Streamlit page, a notebook, a pytest run).
@@ -188,8 +187,7 @@ def compute(con, run_id: str, config: ModularityConfig | None = None) -> dict[st
     summary, communities = [], []
     with pool or nullcontext():
         for (step, layer), layer_groups in groups.group_by(["step", "layer"], maintain_order=True):
-            layer_edges = edges.filter((pl.col("step") == step) & (pl.col("layer") == layer))
-            rows, members = _layer_modularity(con, run_id, step, layer, layer_groups, layer_edges, config, pool)
+            rows, members = _layer_modularity(con, run_id, step, layer, layer_groups, config, pool)
             summary += rows
             communities += members
     return {
@@ -198,15 +196,19 @@ def compute(con, run_id: str, config: ModularityConfig | None = None) -> dict[st
     }
 
 
-def _layer_modularity(con, run_id: str, step: int, layer: int, groups: pl.DataFrame, edges: pl.DataFrame,
+def _layer_modularity(con, run_id: str, step: int, layer: int, groups: pl.DataFrame,
                       config: ModularityConfig, pool: Executor | None) -> tuple[list[dict], list[dict]]:
-    """Returns (analysis_modularity rows, analysis_communities rows) of the graphs of one (step, layer)."""
-    _, layer_acts = rare_activation_matrix(con, run_id, step, layer)
+    """Returns (analysis_modularity rows, analysis_communities rows) of the graphs of one (step, layer).
+
+    A group's graph is built from the layer's activations exactly as its null graphs are; it is
+    the graph of the `modularity_edges` view (tests recompute Q from that view).
+    """
+    layer_ids, layer_acts = rare_activation_matrix(con, run_id, step, layer)
     nulls: dict[int, tuple[int, np.ndarray]] = {}   # group size -> (seed, null Q): shared by equal sizes
     summary, communities = [], []
     for name, neurons in _graph_members(groups).items():
-        graph_edges = edges.filter(pl.col("group_name") == name)
-        weights = _edge_matrix(graph_edges, neurons, "weight")
+        signed_weights = correlation_weights(_columns(layer_ids, layer_acts, neurons))   # [m, m] r, NaN: no edge
+        weights = np.abs(signed_weights)
         labels = louvain_labels(weights, config.resolution, config.louvain_seed)
         q = modularity_q(weights, labels, config.resolution)
         size = len(neurons)
@@ -220,8 +222,7 @@ def _layer_modularity(con, run_id: str, step: int, layer: int, groups: pl.DataFr
         seed, draws = nulls[size]
         summary.append({
             "run_id": run_id, "step": step, "layer": layer, "group_name": name, "n_neurons": size,
-            "q": q, "signed_q": signed_modularity(_edge_matrix(graph_edges, neurons, "signed_weight"),
-                                                  labels, config.resolution),
+            "q": q, "signed_q": signed_modularity(signed_weights, labels, config.resolution),
             "n_communities": int(labels.max() + 1) if size else 0,
             "p_value": permutation_p_value(q, draws),
             "null_mean": float(np.nanmean(draws)) if draws.size else None,
