@@ -1,7 +1,8 @@
-"""The warehouse's SQL: table definitions (`sql/tables/*.sql`) and views (`sql/*.sql`).
+"""The warehouse's SQL: table definitions (`sql/tables/*.sql`), macros (`sql/macros/*.sql`) and
+views (`sql/*.sql`).
 
-One view per file, file name = view name. `apply_views` creates them in dependency order,
-found from which other view names each file mentions.
+One view per file, file name = view name. `apply_views` creates the macros, then the views in
+dependency order, found from which other view names each file mentions.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 SQL_DIR = Path(__file__).resolve().parent
 TABLE_DIR = SQL_DIR / "tables"
+MACRO_DIR = SQL_DIR / "macros"
 
 
 def table_files() -> dict[str, Path]:
@@ -42,14 +44,19 @@ def _without_comments(text: str) -> str:
     return re.sub(r"--[^\n]*", "", text)
 
 
-def view_order() -> list[str]:
-    """Returns view names so that every view comes after the views it reads."""
+def view_dependencies() -> dict[str, set[str]]:
+    """Returns {view name: the other views its file mentions}."""
     files = view_files()
     texts = {name: _without_comments(path.read_text()) for name, path in files.items()}
-    deps = {
+    return {
         name: {other for other in files if other != name and re.search(rf"\b{other}\b", text)}
         for name, text in texts.items()
     }
+
+
+def view_order() -> list[str]:
+    """Returns view names so that every view comes after the views it reads."""
+    deps = view_dependencies()
     ordered: list[str] = []
     visiting: set[str] = set()
 
@@ -64,7 +71,7 @@ def view_order() -> list[str]:
         visiting.discard(name)
         ordered.append(name)
 
-    for name in sorted(files):
+    for name in sorted(deps):
         visit(name)
     return ordered
 
@@ -98,10 +105,25 @@ def _add_missing_columns(con, name: str, text: str) -> None:
 
 
 def apply_views(con, names: list[str] | None = None) -> None:
-    """Creates or replaces every view (or just `names`), in dependency order."""
+    """Creates or replaces every macro, then every view (or just `names` and the views they read),
+    in dependency order."""
+    for path in sorted(MACRO_DIR.glob("*.sql")):
+        con.execute(path.read_text())
     files = view_files()
+    wanted = None if names is None else _with_dependencies(names)
     for name in view_order():
-        if names is not None and name not in names:
+        if wanted is not None and name not in wanted:
             continue
         body = files[name].read_text().strip().rstrip(";")
         con.execute(f"create or replace view {name} as\n{body}")
+
+
+def _with_dependencies(names) -> set[str]:
+    deps = view_dependencies()
+    wanted, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(deps.get(name, ()))
+    return wanted

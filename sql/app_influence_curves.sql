@@ -1,9 +1,10 @@
 -- grain (run_id, step, layer, token_class, sign, neuron): every point of a sorted influence curve
--- with its regime, the regime's fitted line at its rank, and the curve's fit summary — all the
--- app's Influence page draws, in one read (regime_summary is costly to evaluate twice)
+-- with its regime, the lines the app's Influence page draws at its rank, and the curve's verdict,
+-- in one read of regime_summary (costly to evaluate twice; a filter on run and step reaches the
+-- scan, so the page pays for one checkpoint)
 with
 
-labelled as (
+influence as (
     select
         run_id,
         step,
@@ -15,9 +16,7 @@ labelled as (
         delta_loss,
         influence,
         log_rank,
-        log_influence,
-        regime,
-    from influence_regimes
+    from neuron_influence
 ),
 
 fits as (
@@ -28,66 +27,88 @@ fits as (
         token_class,
         sign,
         n_neurons,
+        plateau_verdict,
         has_plateau,
+        flattened_head,
+        plateau_end_rank,
+        decay_start_rank,
         plateau_size,
         plateau_fraction,
         power_law_slope,
         power_law_r2,
         plateau_lift,
+        lift_threshold,
         delta_bic,
         fitted_plateau_intercept,
         fitted_plateau_slope,
         fitted_power_law_intercept,
         fitted_decay_intercept,
         fitted_decay_slope,
+        head_size,
+        head_intercept,
+        head_slope,
+        head_power_law_intercept,
+        head_power_law_slope,
+        head_decay_start_rank,
     from regime_summary
 ),
 
-with_lines as (
-    -- each point's segment of the continuous line regime_summary fitted
+labelled as (
     select
-        labelled.*,
+        influence.*,
         fits.* exclude (run_id, step, layer, token_class, sign),
-        case labelled.regime
-            when 'plateau' then fits.fitted_plateau_slope
-            when 'power_law' then fits.power_law_slope
-            when 'decay' then fits.fitted_decay_slope
-        end as segment_slope,
-        case labelled.regime
-            when 'plateau' then fits.fitted_plateau_intercept
-            when 'power_law' then fits.fitted_power_law_intercept
-            when 'decay' then fits.fitted_decay_intercept
-        end as segment_intercept,
-    from labelled
+        -- as influence_regimes labels it: the verdict's model, NULL for curves too short to fit
+        case
+            when fits.decay_start_rank is null then null
+            when fits.has_plateau and influence.rank <= fits.plateau_end_rank then 'plateau'
+            when influence.rank < fits.decay_start_rank then 'power_law'
+            else 'decay'
+        end as regime,
+    from influence
     left join fits using (run_id, step, layer, token_class, sign)
 ),
 
 final as (
     select
-        with_lines.run_id,
-        with_lines.step,
-        with_lines.layer,
-        with_lines.token_class,
-        with_lines.sign,
-        with_lines.neuron,
-        with_lines.rank,
-        with_lines.delta_loss,
-        with_lines.influence,
-        with_lines.regime,                   -- NULL: the curve is too short to fit
-        with_lines.segment_slope,            -- d ln|ΔLoss| / d ln(rank) of the regime's line
+        run_id,
+        step,
+        layer,
+        token_class,
+        sign,
+        neuron,
+        rank,
+        delta_loss,
+        influence,
+        regime,
+        case regime
+            when 'plateau' then fitted_plateau_slope
+            when 'power_law' then power_law_slope
+            when 'decay' then fitted_decay_slope
+        end as segment_slope,                -- d ln|ΔLoss| / d ln(rank) of the regime's line
         -- the regime's fitted line at this rank, in |ΔLoss| units
-        case when with_lines.regime is not null
-            then exp(with_lines.segment_intercept + with_lines.segment_slope * with_lines.log_rank)
-        end as fitted_influence,
-        with_lines.n_neurons,
-        with_lines.has_plateau,
-        with_lines.plateau_size,
-        with_lines.plateau_fraction,
-        with_lines.power_law_slope,
-        with_lines.power_law_r2,
-        with_lines.plateau_lift,
-        with_lines.delta_bic,
-    from with_lines
+        exp(case regime
+            when 'plateau' then fitted_plateau_intercept + fitted_plateau_slope * log_rank
+            when 'power_law' then fitted_power_law_intercept + power_law_slope * log_rank
+            when 'decay' then fitted_decay_intercept + fitted_decay_slope * log_rank
+        end) as fitted_influence,
+        -- the head model whatever the verdict: the head's own line over its ranks, and its power
+        -- law extrapolated back from its last rank to rank 1 (the lift is the gap between them)
+        case when rank <= head_size then exp(head_intercept + head_slope * log_rank) end as head_line,
+        case when rank < head_decay_start_rank
+            then exp(head_power_law_intercept + head_power_law_slope * log_rank) end as power_law_line,
+        n_neurons,
+        plateau_verdict,
+        has_plateau,
+        flattened_head,
+        plateau_size,
+        plateau_fraction,
+        power_law_slope,
+        power_law_r2,
+        plateau_lift,
+        lift_threshold,
+        delta_bic,
+        head_size,
+    from labelled
 )
 
 select * from final

@@ -11,6 +11,7 @@ deltas as (
         token_class,
         neuron,
         delta_loss,
+        std_err,
     from ablation_deltas
     where delta_loss <> 0
 ),
@@ -25,6 +26,7 @@ signed as (
         case when delta_loss > 0 then 'boost' else 'suppress' end as sign,
         neuron,
         delta_loss,
+        std_err,
     from deltas
 ),
 
@@ -49,6 +51,7 @@ final as (
         sign,
         neuron,
         delta_loss,
+        std_err,                         -- of delta_loss (ablation_deltas)
         influence,
         rank,
         ln(rank) as log_rank,            -- natural log: the x axis of the regime fit

@@ -1,5 +1,5 @@
--- grain (run_id, layer, sign, step): the regime fit of rare beside common targets at every step,
--- beside the same run's first step (the step-0 baseline), ready to plot or to compare runs
+-- grain (run_id, layer, sign, step): the regime verdict of rare beside common targets at every
+-- step, beside the same run's first step (the step-0 baseline), ready to plot or to compare runs
 -- The papers' claims are contrasts: sorted influence curves bend even at initialisation, so a
 -- plateau means something only against common tokens and against the untrained model.
 -- `_step0` columns hold the run's earliest ingested step (`baseline_step`, normally 0).
@@ -31,6 +31,9 @@ side_by_side as (
         layer,
         sign,
         step,
+        any_value(plateau_verdict) filter (where token_class = 'rare') as plateau_verdict_rare,
+        any_value(plateau_verdict) filter (where token_class = 'common') as plateau_verdict_common,
+        bool_or(flattened_head) filter (where token_class = 'rare') as flattened_head_rare,
         bool_or(has_plateau) filter (where token_class = 'rare') as has_plateau_rare,
         bool_or(has_plateau) filter (where token_class = 'common') as has_plateau_common,
         max(plateau_size) filter (where token_class = 'rare') as plateau_size_rare,
@@ -43,6 +46,8 @@ side_by_side as (
         max(power_law_slope) filter (where token_class = 'common') as power_law_slope_common,
         max(delta_bic) filter (where token_class = 'rare') as delta_bic_rare,
         max(delta_bic) filter (where token_class = 'common') as delta_bic_common,
+        max(paper_plateau_size) filter (where token_class = 'rare') as paper_plateau_size_rare,
+        max(paper_plateau_size) filter (where token_class = 'common') as paper_plateau_size_common,
     from summaries
     group by run_id, layer, sign, step
 ),
@@ -60,6 +65,8 @@ with_baseline as (
     select
         *,
         first_value(step) over first_step as baseline_step,
+        first_value(plateau_verdict_rare) over first_step as plateau_verdict_rare_step0,
+        first_value(plateau_verdict_common) over first_step as plateau_verdict_common_step0,
         first_value(plateau_fraction_rare) over first_step as plateau_fraction_rare_step0,
         first_value(plateau_fraction_common) over first_step as plateau_fraction_common_step0,
         first_value(plateau_lift_rare) over first_step as plateau_lift_rare_step0,
@@ -83,6 +90,12 @@ final as (
         checkpoint_tokens.tokens_seen,
         training_progress,
         baseline_step,
+        -- the verdicts side by side: this step's rare and common, and the baseline step's
+        plateau_verdict_rare,
+        plateau_verdict_common,
+        plateau_verdict_rare_step0,
+        plateau_verdict_common_step0,
+        flattened_head_rare,
         has_plateau_rare,
         has_plateau_common,
         plateau_size_rare,
@@ -97,6 +110,8 @@ final as (
         power_law_slope_common,
         delta_bic_rare,
         delta_bic_common,
+        paper_plateau_size_rare,
+        paper_plateau_size_common,
         plateau_fraction_rare_step0,
         plateau_fraction_common_step0,
         plateau_lift_rare_step0,
