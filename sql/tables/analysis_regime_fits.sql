@@ -1,7 +1,6 @@
--- grain (run_id, step, layer, token_class, sign): the robust three-segment fit (continuous
--- piecewise line, Huber loss; analyses/regimes.py) of one sorted influence curve, refined from
--- the SQL fit it cross-checks (regime_summary.three_seg_*), and beside it (grid_*) the same
--- robust fit after an independent grid search that never sees the SQL
+-- grain (run_id, step, layer, token_class, sign): the robust cross-check of one curve's regime
+-- verdict (analyses/regimes.py): regime_summary's head model (a head on its own line, then power
+-- law + decay) fitted with a Huber loss, beside the SQL's least-squares values (sql_*)
 create table if not exists analysis_regime_fits (
     run_id varchar,
     step bigint,
@@ -9,22 +8,20 @@ create table if not exists analysis_regime_fits (
     token_class varchar,
     sign varchar,                   -- boost, suppress
     n_neurons integer,
-    plateau_end_rank integer,       -- last rank before the first breakpoint (refined from the SQL's)
-    decay_start_rank integer,       -- first rank after the second breakpoint
-    plateau_slope double,           -- slopes of ln|ΔLoss| against ln(rank), segment by segment
-    power_law_slope double,
-    decay_slope double,
+    head_size integer,              -- the robust fit's head P (searched up to n/20)
+    decay_start_rank integer,       -- first rank after its decay point
+    head_slope double,              -- slopes of ln|ΔLoss| against ln(rank): the head's own line,
+    power_law_slope double,         -- the power law after it,
+    decay_slope double,             -- and the decay
+    plateau_lift double,            -- mean over the head of ln|ΔLoss| minus the extrapolated power law
     huber_scale double,             -- residual size where the Huber loss turns from squared to linear
-    sql_has_plateau boolean,        -- regime_summary.has_plateau: where false, no breakpoint means much
-    sql_plateau_end_rank integer,   -- regime_summary.three_seg_plateau_end_rank
-    sql_decay_start_rank integer,   -- regime_summary.three_seg_decay_start_rank
-    agrees_with_sql boolean,        -- both breakpoints within 10 % (or one) of the SQL ranks
-    refined_from_sql boolean,       -- false where the SQL has no three-segment fit: the grid fit's values
-    grid_plateau_end_rank integer,  -- the independent grid search's robust fit, same meanings
-    grid_decay_start_rank integer,
-    grid_plateau_slope double,
-    grid_power_law_slope double,
-    grid_decay_slope double,
-    grid_agrees_with_sql boolean,   -- both grid breakpoints within 10 % (or one) of the SQL ranks
+    has_plateau boolean,            -- robust verdict: plateau_lift > sql_lift_threshold, the SQL's BIC test passed
+    sql_has_plateau boolean,        -- regime_summary's columns of the same curve
+    sql_plateau_verdict varchar,
+    sql_head_size integer,
+    sql_plateau_lift double,
+    sql_lift_threshold double,
+    sql_delta_bic double,
+    agrees_with_sql boolean,        -- same verdict, and plateau sizes within 15 % where both find one
     primary key (run_id, step, layer, token_class, sign)
 );

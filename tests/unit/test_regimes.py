@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 import regime_oracle as oracle
 from planted_curves import noisy, null_curves, planted_log_curve
+from rtn.analyses import regimes
 
 from rtn import sql
 
@@ -410,3 +411,60 @@ def test_neuron_groups_are_the_same_in_another_process(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == repr(here)
+
+
+# ---- analyses/regimes.py ---------------------------------------------------------------------
+
+def test_huber_lstsq_is_the_huber_minimum_and_resists_outliers():
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 5, 200)
+    y = 1.0 - 2.0 * x + rng.normal(0, 0.1, x.size)
+    y[::20] += 5.0                                      # 10 gross outliers
+    design = np.column_stack([np.ones_like(x), x])
+    coef, loss = regimes.huber_lstsq(design, y, k=0.15)
+    assert coef == pytest.approx([1.0, -2.0], abs=0.05)
+    assert np.linalg.lstsq(design, y, rcond=None)[0][0] > 1.3  # least squares is pulled up
+
+    def huber(c):
+        r = np.abs(y - design @ c)
+        return np.where(r <= 0.15, r ** 2 / 2, 0.15 * r - 0.15 ** 2 / 2).sum()
+    assert loss == pytest.approx(huber(coef))
+    for step in ([1e-3, 0], [-1e-3, 0], [0, 1e-3], [0, -1e-3]):
+        assert huber(coef + np.array(step)) >= loss - 1e-9
+
+
+def test_robust_cross_check_agrees_with_sql_on_planted_and_null_curves():
+    con = warehouse(
+        ablation_rows(noisy(planted_log_curve(4096, "lifted", head=70), 0.2, seed=70)),
+        ablation_rows(noisy(planted_log_curve(4096, "steep", head=40), 0.2, seed=40), step=1),
+        ablation_rows(noisy(planted_log_curve(4096, "none"), 0.3, seed=9), step=2),
+        ablation_rows(noisy(planted_log_curve(4096, "flat", head=70), 0.2, seed=7), step=3),
+        views=["regime_summary"],
+    )
+    fits = regimes.compute(con, "run")["analysis_regime_fits"].sort("step")
+    assert fits["step"].to_list() == [0, 1, 2, 3]
+    assert fits["sql_has_plateau"].to_list() == [True, True, False, False]
+    assert fits["has_plateau"].to_list() == [True, True, False, False]
+    assert fits["agrees_with_sql"].all()
+    assert [abs(size - head) <= 0.15 * head for size, head in zip(fits["head_size"][:2], [70, 40])] == [True, True]
+    assert fits["plateau_lift"][0] == pytest.approx(1.0, abs=0.15)   # the planted shelf: 1 nat
+    assert fits["power_law_slope"].to_list()[:3] == pytest.approx([-1.0, -1.0, -1.0], abs=0.1)
+
+
+def test_analysis_regime_fits_fill_their_table_and_flag_a_wrong_sql_verdict():
+    con = warehouse(ablation_rows(noisy(planted_log_curve(2048, "lifted", head=40, decay_start=1500), 0.2, seed=1),
+                                  run_id="a"),
+                    ablation_rows(np.exp(planted_log_curve(2048, decay_start=1500)), run_id="a", token_class="common"),
+                    views=["regime_summary"])
+    fits = regimes.compute(con, "a")["analysis_regime_fits"]
+    con.register("_fits", fits.to_arrow())
+    con.execute("insert into analysis_regime_fits by name select * from _fits")
+    got = con.sql("select token_class, n_neurons, sql_has_plateau, has_plateau, agrees_with_sql "
+                  "from analysis_regime_fits order by token_class").fetchall()
+    assert got == [("common", 2048, False, False, True), ("rare", 2048, True, True, True)]
+    # stand-in for a wrong SQL verdict: the same curves, rare's plateau denied
+    con.execute("create table regime_summary_wrong as select * replace (false as has_plateau, "
+                "'no_plateau' as plateau_verdict) from regime_summary")
+    con.execute("create or replace view regime_summary as select * from regime_summary_wrong")
+    fits = regimes.compute(con, "a")["analysis_regime_fits"].sort("token_class")
+    assert fits["agrees_with_sql"].to_list() == [True, False]
