@@ -24,8 +24,13 @@ st.set_page_config(page_title="rtn explorer", page_icon="📉", layout="wide")
 
 PAGES = ("Runs", "Influence", "Dynamics", "Geometry & modularity", "Spectra", "Heads", "Neuron", "SQL")
 REGIME_COLORS = alt.Scale(domain=["plateau", "power_law", "decay"], range=["#d62728", "#1f77b4", "#9a9a9a"])
-FIT_COLUMNS = ("n_neurons", "has_plateau", "plateau_size", "plateau_fraction", "power_law_slope", "power_law_r2",
-               "plateau_lift", "delta_bic")  # regime_summary's, repeated on every row of app_influence_curves
+FIT_COLUMNS = ("n_neurons", "plateau_verdict", "plateau_size", "plateau_fraction", "plateau_lift", "lift_threshold",
+               "power_law_slope", "power_law_r2", "delta_bic", "head_size", "flattened_head")
+# regime_summary's, repeated on every row of app_influence_curves; the page reads these and the points
+CURVE_COLUMNS = ("token_class", "sign", "neuron", "rank", "delta_loss", "influence", "regime", "segment_slope",
+                 "fitted_influence", "head_line", "power_law_line") + FIT_COLUMNS
+VERDICTS = {"plateau": "plateau: the head stands above the power law",
+            "no_plateau": "no plateau", "insufficient_evidence": "insufficient evidence (mostly within 2 SE of zero)"}
 FILL_IT = "Fill it with `rtn demo --warehouse {path}` (offline, a few minutes), or `rtn ingest --model ... --warehouse {path}`."
 
 
@@ -104,7 +109,8 @@ def steps_of(run_id: str) -> list[int]:
 
 # -- charts ---------------------------------------------------------------------------------------
 def influence_chart(curve: pl.DataFrame, title: str) -> alt.LayerChart:
-    """Returns the log-log |ΔLoss|-vs-rank curve, coloured by regime, with each regime's fitted line."""
+    """Returns the log-log |ΔLoss|-vs-rank curve, coloured by regime, with the verdict's fitted lines,
+    and (dashed) the head model's own head line and its power law extrapolated back to rank 1."""
     x = alt.X("rank:Q", scale=alt.Scale(type="log"), title="rank")
     dots = alt.Chart(curve).mark_circle(size=22, opacity=0.7).encode(
         x, alt.Y("influence:Q", scale=alt.Scale(type="log"), title="|ΔLoss|"),
@@ -113,7 +119,11 @@ def influence_chart(curve: pl.DataFrame, title: str) -> alt.LayerChart:
     fits = alt.Chart(curve).mark_line(strokeWidth=2.5, color="black").encode(
         x, alt.Y("fitted_influence:Q", scale=alt.Scale(type="log")), detail="regime:N",
         tooltip=["regime", alt.Tooltip("segment_slope", title="slope", format=".2f")])
-    return (dots + fits).properties(title=title, height=300)
+    head = alt.Chart(curve).mark_line(strokeWidth=2, strokeDash=[4, 3], color="#d62728").encode(
+        x, alt.Y("head_line:Q", scale=alt.Scale(type="log")))
+    power_law = alt.Chart(curve).mark_line(strokeWidth=2, strokeDash=[4, 3], color="#1f77b4").encode(
+        x, alt.Y("power_law_line:Q", scale=alt.Scale(type="log")))
+    return (dots + fits + power_law + head).properties(title=title, height=300)
 
 
 def step_x(steps: pl.Series) -> alt.X:
@@ -159,7 +169,8 @@ def page_influence(runs: pl.DataFrame, selected: list[str]) -> None:
     left, right = st.columns(2)
     classes = left.multiselect("Targets", ["rare", "common", "all"], default=["rare", "common"])
     signs = right.multiselect("Sign", ["boost", "suppress"], default=["boost", "suppress"])
-    curves = load("app_influence_curves", order="token_class, sign, rank", run_id=run_id, step=step, layer=layer)
+    curves = load("app_influence_curves", ", ".join(CURVE_COLUMNS), "token_class, sign, rank", run_id=run_id,
+                  step=step, layer=layer)
     for sign in signs:
         for column, token_class in zip(st.columns(len(classes) or 1), classes):
             curve = curves.filter(pl.col("token_class") == token_class, pl.col("sign") == sign)
@@ -167,9 +178,13 @@ def page_influence(runs: pl.DataFrame, selected: list[str]) -> None:
                 show(influence_chart(curve, f"{token_class} targets · {sign}"))
                 if curve.height and curve["delta_bic"][0] is not None:
                     fit = curve.row(0, named=True)
-                    st.caption(f"plateau {fit['plateau_size']} neurons ({100 * fit['plateau_fraction']:.1f} %) · "
-                               f"power-law slope {fit['power_law_slope']:.2f} · ΔBIC {fit['delta_bic']:.1f} · "
-                               + ("plateau supported" if fit["has_plateau"] else "no plateau"))
+                    lift = "" if fit["plateau_lift"] is None else (
+                        f"head of {fit['head_size']}: lift {fit['plateau_lift']:+.2f} nats "
+                        f"(threshold {fit['lift_threshold']:.2f}) · ")
+                    st.caption(f"{VERDICTS[fit['plateau_verdict']]} · {lift}plateau {fit['plateau_size']} neurons "
+                               f"({100 * fit['plateau_fraction']:.1f} %) · power-law slope "
+                               f"{fit['power_law_slope']:.2f} · ΔBIC {fit['delta_bic']:.1f}"
+                               + (" · flattened head" if fit["flattened_head"] else ""))
     fits = curves.select("token_class", "sign", *FIT_COLUMNS).unique(maintain_order=True)
     st.dataframe(fits, hide_index=True)
 

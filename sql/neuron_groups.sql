@@ -1,11 +1,13 @@
 -- grain (run_id, step, layer, group_name, neuron): membership of the neuron groups the analyses
 -- compare (DESIGN "Groups")
---   plateau         the rare-target boost plateau (regime_summary.has_plateau), if any: the
---                   neurons influence_regimes labels 'plateau'
+--   plateau         the rare-target boost curve's elevated head where regime_summary finds a
+--                   plateau (has_plateau): its plateau_size top neurons. No rows at a step without
+--                   one: no other group stands in for it, so analyses of the plateau are absent there
 --   top_boost_k     the k neurons whose ablation raises the loss on all targets most
 --   top_suppress_k  the k neurons whose ablation lowers the loss on all targets most
 --   random_1..5     controls of k neurons each, drawn from the neurons outside the plateau
--- k = the plateau's size, or 10 where the layer has no rare-target plateau at that step.
+-- k = the plateau's size, or 10 where the layer has no rare-target plateau at that step (for
+-- top_boost_k, top_suppress_k and the random controls).
 -- Top groups rank on token_class 'all' so that they separate rare-token specialists from
 -- neurons that matter for every prediction. Random draws order neurons by DuckDB's hash of
 -- (run_id, step, layer, neuron, j): the same in every process and re-run (not promised across

@@ -11,8 +11,9 @@
 --         straight stretch over fewer scales is a bend, not a power law).
 -- The head model's search: every P with every d within 0.25 of ln rank of the null's decay point
 -- (the decay is where the curve falls fastest, and a head of ≤ n/20 ranks barely moves it; of
--- e·P where that lies further out), then d again over every cut given that P. Every pair of cuts costs 8x more and finds the same pair
--- on the planted curves of tests/unit/test_regimes.py; it missed the 1 s target (bench_regimes).
+-- e·P where that lies further out), then d again over every cut given that P. Every pair of cuts
+-- (tried) chose the same pairs on the planted and null curves of tests/unit/test_regimes.py at
+-- ~3x the cost of this whole view, over the 1 s target of tests/bench_regimes.py.
 -- The two parts of the head model are fitted on disjoint ranks, so their squared errors add.
 -- Squared errors below 1e-10 of the curve's variance count as an exact fit: noise-free curves tie,
 -- and ties go to the smallest breakpoints. Each model's struct keeps its lines and the sums over
@@ -156,11 +157,7 @@ decay_choices as (
 chosen as (
     -- the chosen pair's lines: the head's on ranks 1..P, power law + decay's on P+1..n
     select
-        decay_choices.run_id,
-        decay_choices.step,
-        decay_choices.layer,
-        decay_choices.token_class,
-        decay_choices.sign,
+        run_id, step, layer, token_class, sign,
         head.cut as head_size,
         decay.cut as decay_end,
         decay.u as decay_u,
@@ -205,11 +202,7 @@ head_fits as (
 
 final as (
     select
-        run_id,
-        step,
-        layer,
-        token_class,
-        sign,
+        run_id, step, layer, token_class, sign,
         n_neurons,
         sse_resolution,
         null_fit,

@@ -25,21 +25,24 @@ QUERIES = {
     "regime_dynamics": "select * from regime_dynamics",
     "neuron_groups": "select * from neuron_groups",
     "influence_regimes (count)": "select regime, count(*) from influence_regimes group by regime",
+    "app_influence_curves, one step": "select * from app_influence_curves where run_id = 'bench' and step = 77 "
+                                      "and layer = 23",
 }
 
 
 def generated_deltas(seed: int = 0) -> pl.DataFrame:
     """Returns ablation_deltas rows: per step and class a sorted-influence curve with a power law
-    (slope -1) and a decay from rank 3000, plus for rare targets a plateau growing over the steps;
-    log-normal noise, 70 % of the neurons boost, the rest suppress."""
+    (slope -1) and a decay from rank 3000, plus for rare targets a head lifted 1 nat above the power
+    law growing over the steps (the papers' plateau, up to 70 neurons); log-normal noise per neuron,
+    70 % of the neurons boost, the rest suppress."""
     rng = np.random.default_rng(seed)
     x = np.log(np.arange(1, NEURONS + 1))
     frames = []
     for step in range(STEPS):
         for token_class in CLASSES:
-            plateau = 1 + int(70 * step / (STEPS - 1)) if token_class == "rare" else 1
-            y = -2.0 - np.clip(x - np.log(plateau), 0, None) - 5.0 * np.clip(x - np.log(3000), 0, None)
-            y = y + rng.normal(0.0, 0.05, NEURONS)
+            plateau = int(70 * step / (STEPS - 1)) if token_class == "rare" else 0
+            y = -2.0 - x - 5.0 * np.clip(x - np.log(3000), 0, None) + np.where(np.arange(NEURONS) < plateau, 1.0, 0.0)
+            y = y + rng.normal(0.0, 0.2, NEURONS)
             signs = np.where(rng.random(NEURONS) < 0.7, 1.0, -1.0)
             frames.append(pl.DataFrame({
                 "run_id": "bench", "step": step, "layer": 23, "neuron": rng.permutation(NEURONS).astype(np.int32),

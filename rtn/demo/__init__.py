@@ -36,7 +36,7 @@ def run_demo(path: Path, log=print) -> None:
         raise RtnError(f"the demo's analyses failed; see above, then run: {' '.join(analyze[2:])}")
     log(summary(path))
     log(f"demo ready in {time.perf_counter() - started:.0f} s. Next:\n"
-        f"  rtn query \"select step, token_class, plateau_size, plateau_fraction, power_law_slope, has_plateau "
+        f"  rtn query \"select step, token_class, plateau_verdict, plateau_size, plateau_lift, lift_threshold "
         f"from regime_summary where run_id = 'demo' and sign = 'boost' order by step, token_class\"\n"
         f"  rtn app                      # explore in the browser\n"
         f"  python -c \"from rtn.warehouse import read; print(read('neuron_influence'))\"")
@@ -49,12 +49,17 @@ def summary(path: Path) -> str:
         counts = [f"{t} {con.execute(f'select count(*) from {t} where {_run_filter(t)}').fetchone()[0]:,}"
                   for t in SUMMARY_TABLES]
         lines.append("  rows: " + ", ".join(counts))
-        last = con.execute("select plateau_size, plateau_fraction, has_plateau, step from regime_summary "
+        last = con.execute("select plateau_size, plateau_fraction, plateau_verdict, step, plateau_lift, "
+                           "lift_threshold from regime_summary "
                            "where run_id = ? and token_class = 'rare' and sign = 'boost' order by step desc limit 1",
                            [DEMO_RUN]).fetchone()
-    if last:
-        lines.append(f"  rare-token boost curve at step {last[3]}: plateau of {last[0]} neurons "
-                     f"({100 * (last[1] or 0):.1f} % of the layer), has_plateau={last[2]}")
+    if last and last[2] == "plateau":
+        lines.append(f"  rare-token boost curve at step {last[3]}: a plateau of {last[0]} neurons "
+                     f"({100 * last[1]:.1f} % of the layer), {last[4]:+.2f} nats above the power law")
+    elif last:
+        lift = "" if last[4] is None else f" (head lift {last[4]:+.2f} nats, threshold {last[5]:.2f})"
+        lines.append(f"  rare-token boost curve at step {last[3]}: {last[2].replace('_', ' ')}{lift}; "
+                     "the plateau group is empty, analyses compare top_boost_k and random groups only")
     return "\n".join(lines)
 
 

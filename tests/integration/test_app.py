@@ -89,16 +89,24 @@ def test_influence_page_draws_each_curve_with_its_regimes_and_fits(filled_wareho
                                  "and layer = ? and token_class = ? and sign = ?",
                                  [RUN, step, facts["layer"], token_class, sign])
                 assert curve.num_rows == expected > 0
-                assert {"neuron", "rank", "delta_loss", "regime", "fitted_influence"} <= set(curve.column_names)
+                assert {"neuron", "rank", "delta_loss", "regime", "fitted_influence", "head_line",
+                        "power_law_line"} <= set(curve.column_names)
                 fitted = [v for v in curve.column("fitted_influence").to_pylist() if v is not None]
                 assert fitted and all(v > 0 for v in fitted)
+        verdicts = [c.value for c in at.caption if c.value.startswith(("plateau:", "no plateau", "insufficient"))]
+        assert len(verdicts) == 4   # each curve's verdict, its lift and threshold under it
 
 
 def test_dynamics_page_plots_every_metric_over_steps(filled_warehouse, monkeypatch):
     at = open_page("Dynamics", filled_warehouse, monkeypatch)
     (points,) = charts(at)["training dynamics"]   # one chart, a facet per metric
     metrics = points.column("metric").to_pylist()
-    assert {"plateau_fraction", "power_law_slope", "alpha_hill_w_out", "modularity_q", "eff_dim_95"} <= set(metrics)
+    # the plateau group's metrics only where some step has a plateau (the tiny random model has
+    # none): no other group stands in for it
+    group_metrics = {"alpha_hill_w_out", "modularity_q", "eff_dim_95"}
+    plateau_steps = count(filled_warehouse, "select count(distinct step) from neuron_groups where group_name = 'plateau'")
+    assert {"plateau_fraction", "power_law_slope"} <= set(metrics)
+    assert (group_metrics <= set(metrics)) if plateau_steps else not (group_metrics & set(metrics))
     for metric in set(metrics):
         assert metrics.count(metric) == count(filled_warehouse, "select count(*) from app_dynamics where metric = ?",
                                               [metric])
