@@ -54,13 +54,17 @@ def _head_model(x, y, head: int, u: float, k: float) -> tuple[float, np.ndarray,
     return front_loss + tail_loss, front, tail
 
 
-def fit_curve(log_influence, sql_head_size: int, sql_decay_end: int, sql_null_decay_end: int) -> dict | None:
-    """Returns the robust head model of one curve (ln|ΔLoss| by rank 1..n), None where the SQL has
-    no head (fewer than 60 neurons)."""
+FIT_COLUMNS = ("head_size", "decay_start_rank", "head_slope", "power_law_slope", "decay_slope", "plateau_lift",
+               "huber_scale")
+
+
+def fit_curve(log_influence, sql_head_size: int, sql_decay_end: int, sql_null_decay_end: int) -> dict:
+    """Returns the robust head model of one curve (ln|ΔLoss| by rank 1..n); its fit columns are
+    None where the SQL has no head (fewer than 60 neurons: no room for one)."""
     y = np.asarray(log_influence, dtype=float)
     n = y.size
     if sql_head_size is None or n // HEAD_FRACTION < MIN_HEAD:
-        return None
+        return {"n_neurons": n, **dict.fromkeys(FIT_COLUMNS)}
     x = np.log(np.arange(1, n + 1))
     # one noise scale for every candidate: the residuals of the SQL's power law + decay (no head)
     null_residuals = y - _hinge(x, np.log(sql_null_decay_end)) @ np.linalg.lstsq(
@@ -120,8 +124,7 @@ def compute(con, run_id: str) -> dict[str, pl.DataFrame]:
             continue
         fit = fit_curve(curve.pop("log_influence"), sql_fit["sql_head_size"], sql_fit["sql_decay_end"],
                         sql_fit["sql_null_decay_end"])
-        if fit is not None:
-            rows.append({**curve, **fit})
+        rows.append({**curve, **fit})
     schema = {
         "run_id": pl.Utf8, "step": pl.Int64, "layer": pl.Int32, "token_class": pl.Utf8, "sign": pl.Utf8,
         "n_neurons": pl.Int32, "head_size": pl.Int32, "decay_start_rank": pl.Int32, "head_slope": pl.Float64,

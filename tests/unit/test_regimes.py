@@ -468,3 +468,10 @@ def test_analysis_regime_fits_fill_their_table_and_flag_a_wrong_sql_verdict():
     con.execute("create or replace view regime_summary as select * from regime_summary_wrong")
     fits = regimes.compute(con, "a")["analysis_regime_fits"].sort("token_class")
     assert fits["agrees_with_sql"].to_list() == [True, False]
+
+
+def test_curves_too_small_for_a_head_get_a_row_without_a_fit():
+    con = warehouse(ablation_rows(HEAD_CURVE[:50], neurons=range(50)), views=["regime_summary"])
+    (fit,) = regimes.compute(con, "run")["analysis_regime_fits"].iter_rows(named=True)
+    assert (fit["n_neurons"], fit["head_size"], fit["plateau_lift"], fit["has_plateau"], fit["agrees_with_sql"]) == (
+        50, None, None, False, True)
