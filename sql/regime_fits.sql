@@ -32,18 +32,21 @@ cuts as materialized (
         centred(total_xx - sum_xx, tail_x, tail_x, tail_n) as tail_cxx,
         centred(total_xy - sum_xy, tail_x, tail_y, tail_n) as tail_cxy,
         centred(total_yy - sum_yy, tail_y, tail_y, tail_n) as tail_cyy,
+        -- the whole curve's centred sums, with this cut's hinge (the null's normal equations)
+        centred(total_xx, total_x, total_x, n_neurons) as curve_cxx,
+        centred(total_xy, total_x, total_y, n_neurons) as curve_cxy,
+        centred(total_yy, total_y, total_y, n_neurons) as curve_cyy,
+        centred(hinge_xh, total_x, hinge_h, n_neurons) as curve_cxh,
+        centred(hinge_hh, hinge_h, hinge_h, n_neurons) as curve_chh,
+        centred(hinge_yh, total_y, hinge_h, n_neurons) as curve_cyh,
     from regime_cuts
 ),
 
 null_lines as (
     select
         *,
-        hinge_fit(
-            n_neurons, total_x, total_y, hinge_h,
-            centred(total_xx, total_x, total_x, n_neurons), centred(hinge_xh, total_x, hinge_h, n_neurons),
-            centred(hinge_hh, hinge_h, hinge_h, n_neurons), centred(total_xy, total_x, total_y, n_neurons),
-            centred(hinge_yh, total_y, hinge_h, n_neurons), centred(total_yy, total_y, total_y, n_neurons)
-        ) as fit,
+        hinge_fit(n_neurons, total_x, total_y, hinge_h, curve_cxx, curve_cxh, curve_chh, curve_cxy, curve_cyh,
+                  curve_cyy) as fit,
     from cuts
 ),
 
@@ -94,26 +97,34 @@ decays as (
     inner join null_fits using (run_id, step, layer, token_class, sign)
 ),
 
-near_pairs as (
-    -- every P with the decay points near the null's: the head's squared error plus power law +
-    -- decay's on the ranks after it
+near_sums as (
+    -- every P with the decay points near the null's, and the hinge's centred sums over the tail
+    -- (columns of their own: as arguments of hinge_sse each would be spelled out three times)
     select
-        heads.run_id,
-        heads.step,
-        heads.layer,
-        heads.token_class,
-        heads.sign,
+        heads.run_id, heads.step, heads.layer, heads.token_class, heads.sign,
         heads.head_size,
-        search_key(
-            head_sse + hinge_sse_of_sums(heads.tail_n, heads.tail_x, heads.tail_y, heads.tail_cxx, heads.tail_cxy,
-                                         heads.tail_cyy, decay.hinge_h, decay.hinge_xh, decay.hinge_hh, decay.hinge_yh),
-            heads.sse_resolution,
-            (heads.head_size * heads.n_neurons + decay.cut) / (heads.n_neurons * (heads.n_neurons + 1))
-        ) as key,
+        heads.head_sse,
+        heads.sse_resolution,
+        (heads.head_size * heads.n_neurons + decay.cut) / (heads.n_neurons * (heads.n_neurons + 1)) as tie,
+        heads.tail_cxx,
+        heads.tail_cxy,
+        heads.tail_cyy,
+        centred(decay.hinge_xh, heads.tail_x, decay.hinge_h, heads.tail_n) as cxh,
+        centred(decay.hinge_hh, decay.hinge_h, decay.hinge_h, heads.tail_n) as chh,
+        centred(decay.hinge_yh, heads.tail_y, decay.hinge_h, heads.tail_n) as cyh,
     from heads
     inner join decays as decay using (run_id, step, layer, token_class, sign)
     where abs(decay.u - greatest(decay.null_u, heads.u + 1)) <= 0.25
         and decay.u - heads.u >= 1 and decay.cut - heads.cut >= 3
+),
+
+near_pairs as (
+    -- the head's squared error plus power law + decay's on the ranks after it
+    select
+        run_id, step, layer, token_class, sign,
+        head_size,
+        search_key(head_sse + hinge_sse(tail_cxx, cxh, chh, tail_cxy, cyh, tail_cyy), sse_resolution, tie) as key,
+    from near_sums
 ),
 
 head_choices as (
