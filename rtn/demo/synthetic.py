@@ -208,8 +208,7 @@ def train_tokenizer(documents: list[str], out_dir: Path, model_max_length: int):
 def ensure_demo(cache_dir: Path | None = None, config: DemoConfig = DemoConfig()) -> DemoAssets:
     """Returns the demo's checkpoints, corpus and tokenizer, building them first unless already cached."""
     root = Path(cache_dir or default_cache_dir()).expanduser() / cache_key(config)
-    if not (root / DONE_FILE).exists():
-        _build_atomically(root, config)
+    build_atomically(root, lambda staging: build_demo(staging, config))
     return DemoAssets(checkpoint_dir=root, corpus_path=root / CORPUS_FILE, tokenizer_dir=root, config=config)
 
 
@@ -224,14 +223,20 @@ def build_demo(out_dir: Path, config: DemoConfig) -> None:
     train_checkpoints(out_dir, config, tokenizer, corpus.documents)
 
 
-def _build_atomically(root: Path, config: DemoConfig) -> None:
+def build_atomically(root: Path, build) -> None:
+    """Runs `build(staging)` into a hidden staging folder renamed to `root`, unless `root` is already complete.
+
+    The demo and the planted model (rtn/demo/planted.py) cache through this one function.
+    """
+    if (root / DONE_FILE).exists():
+        return
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(root)
     staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        build_demo(staging, config)
+        build(staging)
         (staging / DONE_FILE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")  # last: means complete
         if root.exists() and not (root / DONE_FILE).exists():
             shutil.rmtree(root)  # an incomplete folder (e.g. copied by hand); never trust it
