@@ -10,6 +10,7 @@ from rtn import warehouse
 from rtn.errors import RtnError
 
 DEMO_RUN = "demo"
+PLANTED_RUN = "planted"  # the trained model with specialists planted by hand (rtn/demo/planted.py)
 SUMMARY_TABLES = ("checkpoints", "token_frequencies", "eval_tokens", "neuron_stats", "activation_samples",
                   "ablation_deltas", "neuron_weights", "weight_spectra", "head_ablations", "group_ablation_deltas")
 
@@ -21,19 +22,30 @@ def demo_config(assets):
                         run=DEMO_RUN, tokens=4096, seq_len=assets.config.seq_len, n_samples=512)
 
 
+def planted_config(planted):
+    """Returns the IngestConfig of the planted run: its one checkpoint over its own corpus, as the demo's settings."""
+    from rtn.ingest.config import IngestConfig
+    return IngestConfig(model=str(planted.checkpoint_dir), checkpoints="all", corpus=str(planted.corpus_path),
+                        run=PLANTED_RUN, tokens=planted.design["config"]["tokens"],
+                        seq_len=planted.design["config"]["seq_len"], n_samples=512)
+
+
 def run_demo(path: Path, log=print) -> None:
     """Builds (or completes) the demo warehouse at `path` and prints what to do next."""
-    from rtn.ingest.pipeline import ingest
+    from rtn.demo.planted import ensure_planted
     from rtn.demo.synthetic import ensure_demo
+    from rtn.ingest.pipeline import ingest
 
     started = time.perf_counter()
     warehouse.check_writable(Path(path))
     assets = ensure_demo()
     ingest(demo_config(assets), path, log=log)
-    # A fresh process without torch may fork workers for the permutation tests (analyses/modularity.py).
-    analyze = [sys.executable, "-m", "rtn.cli", "analyze", "--run", DEMO_RUN, "--stale-only", "--warehouse", str(path)]
-    if subprocess.run(analyze).returncode != 0:
-        raise RtnError(f"the demo's analyses failed; see above, then run: {' '.join(analyze[2:])}")
+    ingest(planted_config(ensure_planted(assets)), path, log=log)
+    for run in (DEMO_RUN, PLANTED_RUN):
+        # A fresh process without torch may fork workers for the permutation tests (analyses/modularity.py).
+        analyze = [sys.executable, "-m", "rtn.cli", "analyze", "--run", run, "--stale-only", "--warehouse", str(path)]
+        if subprocess.run(analyze, check=False).returncode != 0:
+            raise RtnError(f"the demo's analyses failed; see above, then run: {' '.join(analyze[2:])}")
     log(summary(path))
     log(f"demo ready in {time.perf_counter() - started:.0f} s. Next:\n"
         f"  rtn query \"select step, token_class, plateau_verdict, plateau_size, plateau_lift, lift_threshold "
@@ -53,6 +65,8 @@ def summary(path: Path) -> str:
                            "lift_threshold from regime_summary "
                            "where run_id = ? and token_class = 'rare' and sign = 'boost' order by step desc limit 1",
                            [DEMO_RUN]).fetchone()
+        planted = con.execute("select plateau_verdict, head_size, plateau_lift, lift_threshold from regime_summary "
+                              "where run_id = ? and token_class = 'rare' and sign = 'boost'", [PLANTED_RUN]).fetchone()
     if last and last[2] == "plateau":
         lines.append(f"  rare-token boost curve at step {last[3]}: a plateau of {last[0]} neurons "
                      f"({100 * last[1]:.1f} % of the layer), {last[4]:+.2f} nats above the power law")
@@ -60,6 +74,10 @@ def summary(path: Path) -> str:
         lift = "" if last[4] is None else f" (head lift {last[4]:+.2f} nats, threshold {last[5]:.2f})"
         lines.append(f"  rare-token boost curve at step {last[3]}: {last[2].replace('_', ' ')}{lift}; "
                      "the plateau group is empty, analyses compare top_boost_k and random groups only")
+    if planted:
+        lines.append(f"  run '{PLANTED_RUN}' (specialists planted by hand): rare-token boost verdict {planted[0]}, "
+                     f"head of {planted[1]} neurons, lift {planted[2] or 0:+.2f} nats against a threshold of "
+                     f"{planted[3] or 0:.2f}")
     return "\n".join(lines)
 
 

@@ -67,7 +67,8 @@ def plant_specialists(out_dir: Path, demo: DemoAssets, config, pairs: list[tuple
     resid = resid + acts @ w_out
     margins = [config.rare_delta * config.delta_ratio ** j for j in range(len(pairs))]
     unembed = model.get_output_embeddings().weight                              # [V, d], readout.W_U is a view
-    reads = (readout.gamma * directions) / (readout.gamma * directions).norm(dim=1, keepdim=True) ** 2
+    written = readout.gamma * directions                                        # [k, d] what each push adds after the norm's scale
+    reads = torch.linalg.solve(written @ written.T, written)                    # [k, d] reads[i]·written[j] = 1 if i = j else 0
     gains = solve_gains(resid, acts, w_out, targets, rare, readout, unembed, target_ids, reads, margins)
     for j, target in enumerate(target_ids):
         unembed[target] += gains[j] * reads[j]

@@ -20,13 +20,26 @@ what was put there (issue 13), shipped as the demo's `planted` run. Construction
   pre-activation ≥ +fire_margin and every other position ≤ −fire_margin (GELU ≈ 0 there).
   Triggers are rare, so the neuron's mean, the value mean ablation substitutes, stays small:
   keyed on frequent contexts, a specialist's ablation would move every position.
-* Output. Along the gradient of log p(target) with respect to the final residual (mean over
-  the pair's positions), not along W_U[target]: rare tokens' unembedding rows move together,
-  so raising one along its own row can lower its probability.
-* Scale. Chosen by bisection so the specialist's mean ablation raises rare-target loss by a
+* Output. Along a direction of the final residual that the unembedding reads least (its
+  smallest singular directions, one per specialist), with its target's unembedding row given a
+  component that reads it (rows biorthogonal, so no target reads another's specialist). So
+  the push raises its target's logit and little else, and the specialist's output is the
+  gradient of log p(target) where it fires. Two first tries taught this: along W_U[target]
+  the push lowered p(target) (rare rows move together), and along the trained model's own
+  gradient of log p(target) it needed a push ~100× the residual, whose mean, all that mean
+  ablation adds where the specialist is silent, then broke common predictions (ΔLoss 8.7).
+* Scale. The push is one median residual norm; the target row's gain is chosen by bisection
+  so the specialist's mean ablation raises rare-target loss by a
   designed margin (rare_delta, then × delta_ratio per specialist), computed exactly as ingest
   does (ΔLoss from the final residual, float64). The margin is what makes the head stand
-  above the power law of the other neurons, which is what the papers call a plateau.
+  above the power law of the other neurons, which is what the papers call a plateau: on the
+  trained model's curve that power law (slope ≈ −1.6 over ranks 6–150) extrapolates to ≈ 1.2
+  at rank 1, far above its own top neurons (0.03), so a head must reach ≈ 1 to clear it by the
+  verdict's noise threshold. A specialist's ablation can cost at most its target's loss without
+  it, ≈ 8 nats at ≈ 68 of the 954 rare predictions, so ≈ 0.58: the design, 0.50 down to 0.44, is
+  15× the best trained neuron but not the 35× the trained curve's power law asks. Lowering the
+  targets' logits everywhere first (so the specialist must carry more) raised the trained
+  neurons' own effects at the pair positions with it (tried: head 1.2, next neuron 0.05).
 """
 from __future__ import annotations
 
@@ -53,7 +66,7 @@ class PlantedConfig:
 
     base_step: int = 800  # the demo checkpoint the specialists go into: the trained model
     n_planted: int = 5  # specialists: 2 % of the demo's 256 neurons (the papers' plateau ≈ 1.7 %); fewer pairs = more positions each
-    rare_delta: float = 0.5  # designed rare-target ΔLoss of specialist 0: ≈ 20× the trained model's top neuron (0.027)
+    rare_delta: float = 0.5  # designed rare-target ΔLoss of specialist 0: ≈ 18× the trained model's top neuron (0.028)
     delta_ratio: float = 0.97  # each next specialist's margin is this times the previous one's: a head, not a tie
     prefix_sentences: int = 400  # sentences of the prefix, each with one new pair: ≈ 4600 tokens, covers the evaluated ones
     sentences_per_document: int = 10  # prefix sentences per document
