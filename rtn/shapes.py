@@ -19,6 +19,7 @@ class Shape:
 
 SHAPES = {
     "tiny": Shape(64, 2, 4, 96, 1009),           # for the tests: seconds on a CPU, sizes off every block size
+    "demo": Shape(64, 2, 4, 256, 1009),          # the demo model's layer: its random-weights null family
     "70m": Shape(512, 6, 8, 2048, 50304),        # Pythia-70M
     "410m": Shape(1024, 24, 16, 4096, 50304),    # Pythia-410M
     "1.4b": Shape(2048, 24, 16, 8192, 50304),    # Pythia-1.4B

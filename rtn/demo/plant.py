@@ -158,7 +158,7 @@ def solve_gains(resid, acts, w_out, targets, rare, readout: Readout, unembed, ta
     for j, margin in enumerate(margins):
         original = unembed[target_ids[j]].clone()
 
-        def delta(gain: float) -> float:
+        def delta(gain: float, j: int = j, original: torch.Tensor = original) -> float:
             unembed[target_ids[j]] = original + gain * reads[j]
             return float(rare_deltas(resid, acts[:, j:j + 1], w_out[j:j + 1], targets, rare, readout)[0])
 

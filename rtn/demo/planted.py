@@ -44,6 +44,7 @@ what was put there (issue 13), shipped as the demo's `planted` run. Construction
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -52,8 +53,14 @@ from pathlib import Path
 import numpy as np
 
 from rtn.demo.config import DemoAssets, cache_key, default_cache_dir
-from rtn.demo.synthetic import (CORPUS_FILE, SENTENCE_END, build_atomically, ensure_demo, grammatical_words,
-                                zipf_probabilities)
+from rtn.demo.synthetic import (
+    CORPUS_FILE,
+    SENTENCE_END,
+    build_atomically,
+    ensure_demo,
+    grammatical_words,
+    zipf_probabilities,
+)
 from rtn.errors import RtnError
 
 PLANTED_FORMAT = 1  # bump when code changes what a given config builds
@@ -128,7 +135,7 @@ def prefix_documents(demo: DemoAssets, pairs: list[tuple[str, str]], config: Pla
     tokens = grammatical_words(demo.config, rng, base_p, lengths)   # [n_words] word ranks
     slots = (rng.random(lengths.size) * (lengths - 1)).astype(np.int64)            # leaves room for the target
     sentences = []
-    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(starts)):
         sentence = [words[r] for r in tokens[a:b]]
         sentence[slots[i]: slots[i] + 2] = pairs[i % len(pairs)]
         sentences.append(" ".join(sentence) + " " + SENTENCE_END)
@@ -138,7 +145,8 @@ def prefix_documents(demo: DemoAssets, pairs: list[tuple[str, str]], config: Pla
 
 def build_planted(out_dir: Path, demo: DemoAssets, config: PlantedConfig) -> None:
     """Writes corpus.jsonl, step{base_step}/ and planted.json for `config` into `out_dir` (no caching)."""
-    from rtn.demo.plant import plant_specialists  # torch loads only when a build is needed
+    # torch loads only when a build is needed
+    from rtn.demo.plant import plant_specialists
 
     pairs = new_pairs(demo, config.n_planted)
     prefix = prefix_documents(demo, pairs, config)

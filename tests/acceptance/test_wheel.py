@@ -50,6 +50,10 @@ def test_demo_query_and_app_work_from_the_wheel_beside_shadowing_folders(wheel_v
     analysed = run(rtn, "query", "select count(*) from analysis_runs where run_id = 'demo'", "--format", "csv",
                    "--warehouse", demo_warehouse.name, cwd=folder)
     assert analysed.stdout.split()[-1] == "1"
+    planted = run(rtn, "query", "select count(*) as n, count(distinct step) as steps from ablation_deltas "
+                  "where run_id = 'planted'", "--format", "csv", "--warehouse", demo_warehouse.name, cwd=folder)
+    assert planted.stdout.split() == ["n,steps", f"{256 * 3},1"]     # the planted run (rtn/demo/planted.py) too
+    assert "run 'planted'" in (folder / "demo.out").read_text()
     page = ("from streamlit.testing.v1 import AppTest\nimport pathlib, rtn\n"
             "at = AppTest.from_file(str(pathlib.Path(rtn.__file__).parent / 'app.py'), default_timeout=120)\n"
             "at.query_params['page'] = 'Influence'\nat.run()\n"
