@@ -1,6 +1,6 @@
 """The planted model's parts on small inputs: pairs, prefix, trigger detector, quiet directions, ΔLoss.
 
-    pytest tests/unit/test_planted.py       # seconds; the planted model end to end is tests/acceptance/test_planted.py
+    pytest tests/unit/test_planting.py      # seconds; the planted model end to end is tests/acceptance/test_planted.py
 """
 from __future__ import annotations
 
