@@ -69,9 +69,15 @@ def plant_specialists(out_dir: Path, demo: DemoAssets, config, pairs: list[tuple
     unembed = model.get_output_embeddings().weight                              # [V, d], readout.W_U is a view
     written = readout.gamma * directions                                        # [k, d] what each push adds after the norm's scale
     reads = torch.linalg.solve(written @ written.T, written)                    # [k, d] reads[i]·written[j] = 1 if i = j else 0
-    gains = solve_gains(resid, acts, w_out, targets, rare, readout, unembed, target_ids, reads, margins)
+    normed = _norm_output(resid, readout).mean(0)                               # [d] the final norm's mean output
+    lowers = normed / normed.norm() ** 2                                        # [d] a row part worth −1 nat on average
+    drops, gains = [], []
     for j, target in enumerate(target_ids):
-        unembed[target] += gains[j] * reads[j]
+        drop, gain = solve_row(resid, acts[:, j], w_out[j], targets, rare, scored[j], readout, unembed, target,
+                               reads[j], lowers, margins[j], config.on_loss)
+        unembed[target] += gain * reads[j] - drop * lowers
+        drops.append(drop)
+        gains.append(gain)
     _round_to_float32(model.get_output_embeddings())
     measured = rare_deltas(resid, acts, w_out, targets, rare, readout)
 
@@ -88,7 +94,7 @@ def plant_specialists(out_dir: Path, demo: DemoAssets, config, pairs: list[tuple
         "planted": [{"neuron": int(neuron), "trigger": pair[0], "target": pair[1], "target_id": int(target_ids[j]),
                      "trigger_positions": int(fires[j].sum()), "scored_positions": int(scored[j].sum()),
                      "design_rare_delta": margins[j], "output_norm": float(w_out[j].norm()),
-                     "unembedding_gain": float(gains[j]),
+                     "unembedding_gain": float(gains[j]), "prior_drop": float(drops[j]),
                      "measured_rare_delta": float(measured[j])}
                     for j, (neuron, pair) in enumerate(zip(neurons, pairs))],
     }
@@ -145,34 +151,55 @@ def rare_deltas(resid, acts, w_out, targets, rare, readout: Readout) -> torch.Te
                          - clean).mean() for j in range(w_out.shape[0])])
 
 
-def solve_gains(resid, acts, w_out, targets, rare, readout: Readout, unembed, target_ids, reads,
-                margins: list[float]) -> list[float]:
-    """Returns each target's unembedding gain along its specialist's direction so the specialist meets its margin.
+def solve_row(resid, acts, w_out, targets, rare, scored, readout: Readout, unembed, target: int, read, lower,
+              margin: float, on_loss: float) -> tuple[float, float]:
+    """Returns (drop, gain) for the target's unembedding row: row − drop·lower + gain·read.
 
-    resid [N, d] final residuals with the specialists' outputs; unembed [V, d] the model's
-    unembedding (readout.W_U shares it), edited in place while solving and restored after. The
-    specialist's ΔLoss grows with the gain, as its push makes the target likelier where it fires;
-    bisection on a bracket that doubles until it holds the margin.
+    The gain makes the specialist predict its target where it fires, at a mean loss of on_loss
+    (saturated, so the trained neurons' small moves there change little); the drop, how many
+    nats the target's logit loses everywhere else, is what its ablation then costs: chosen by
+    bisection so the specialist's rare ΔLoss meets `margin`. resid [N, d] with the specialists'
+    outputs; acts [N] this specialist's activations; unembed [V, d] edited in place and restored.
     """
-    gains = []
-    for j, margin in enumerate(margins):
-        original = unembed[target_ids[j]].clone()
+    original = unembed[target].clone()
 
-        def delta(gain: float, j: int = j, original: torch.Tensor = original) -> float:
-            unembed[target_ids[j]] = original + gain * reads[j]
-            return float(rare_deltas(resid, acts[:, j:j + 1], w_out[j:j + 1], targets, rare, readout)[0])
+    def set_row(drop: float, gain: float) -> None:
+        unembed[target] = original - drop * lower + gain * read
 
-        low, high = 0.0, 1.0
-        while delta(high) < margin:
-            low, high = high, 2 * high
-            if high > 1e4:
-                raise RtnError(f"planted neuron {j} cannot reach a rare ΔLoss of {margin}")
-        for _ in range(BISECTION_STEPS):
-            middle = (low + high) / 2
-            low, high = (middle, high) if delta(middle) < margin else (low, middle)
-        gains.append((low + high) / 2)
-        unembed[target_ids[j]] = original
-    return gains
+    def gain_for(drop: float) -> float:
+        def on_mean_loss(gain: float) -> float:
+            set_row(drop, gain)
+            return float(token_losses(resid[scored], targets[scored], readout).mean())
+        return _bisect(on_mean_loss, on_loss, decreasing=True)
+
+    def delta(drop: float) -> float:
+        set_row(drop, gain_for(drop))
+        return float(rare_deltas(resid, acts[:, None], w_out[None], targets, rare, readout)[0])
+
+    drop = _bisect(delta, margin)
+    gain = gain_for(drop)
+    unembed[target] = original
+    return drop, gain
+
+
+def _bisect(f, value: float, decreasing: bool = False) -> float:
+    """Returns x ≥ 0 with f(x) = value for a monotone f, on a bracket that doubles from [0, 1] until it holds value."""
+    below = (lambda x: f(x) > value) if decreasing else (lambda x: f(x) < value)
+    low, high = 0.0, 1.0
+    while below(high):
+        low, high = high, 2 * high
+        if high > 1e4:
+            raise RtnError(f"a planted neuron cannot reach {value}")
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        low, high = (middle, high) if below(middle) else (low, middle)
+    return (low + high) / 2
+
+
+def _norm_output(resid: torch.Tensor, readout: Readout) -> torch.Tensor:
+    """Returns the final norm's output [N, d] (what the unembedding reads) of residuals [N, d]."""
+    r = readout.centre(resid)
+    return r / torch.sqrt((r * r).mean(-1, keepdim=True) + readout.eps) * readout.gamma + readout.beta
 
 
 def _layer_input(model, up, input_ids: torch.Tensor) -> torch.Tensor:

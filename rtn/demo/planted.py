@@ -28,18 +28,20 @@ what was put there (issue 13), shipped as the demo's `planted` run. Construction
   the push lowered p(target) (rare rows move together), and along the trained model's own
   gradient of log p(target) it needed a push ~100× the residual, whose mean, all that mean
   ablation adds where the specialist is silent, then broke common predictions (ΔLoss 8.7).
-* Scale. The push is one median residual norm; the target row's gain is chosen by bisection
-  so the specialist's mean ablation raises rare-target loss by a
-  designed margin (rare_delta, then × delta_ratio per specialist), computed exactly as ingest
-  does (ΔLoss from the final residual, float64). The margin is what makes the head stand
-  above the power law of the other neurons, which is what the papers call a plateau: on the
-  trained model's curve that power law (slope ≈ −1.6 over ranks 6–150) extrapolates to ≈ 1.2
-  at rank 1, far above its own top neurons (0.03), so a head must reach ≈ 1 to clear it by the
-  verdict's noise threshold. A specialist's ablation can cost at most its target's loss without
-  it, ≈ 8 nats at ≈ 68 of the 954 rare predictions, so ≈ 0.58: the design, 0.50 down to 0.44, is
-  15× the best trained neuron but not the 35× the trained curve's power law asks. Lowering the
-  targets' logits everywhere first (so the specialist must carry more) raised the trained
-  neurons' own effects at the pair positions with it (tried: head 1.2, next neuron 0.05).
+* Scale. The push is one median residual norm. The target's row then gets two parts: a gain
+  along its specialist's direction, so that where the specialist fires it predicts the target
+  at a mean loss of on_loss (saturated: the trained neurons' small moves there then change
+  little), and a drop along the final norm's mean output, lowering the target's logit by a few
+  nats everywhere: the targets occur only after their triggers, so this costs nothing
+  elsewhere, and the specialist alone carries its target's evidence. The drop is chosen by
+  bisection so the specialist's mean ablation raises rare-target loss by a designed margin
+  (rare_delta, then × delta_ratio per specialist), computed exactly as ingest does (float64).
+  Why so large: by the papers' definition a plateau stands above the power law of the other
+  neurons extrapolated back to the top ranks, and on this trained curve that line (slope ≈
+  −1.6 over ranks 6–150) reaches ≈ 1.2 at rank 1, 40× its own top neuron. Without the drop a
+  specialist could cost at most its target's ≈ 8 nats at 68 of 954 rare predictions (≤ 0.58;
+  measured at 0.50: lift 0.61 under a threshold of 0.89); unsaturated with a drop, the trained
+  neurons' effects at the pair positions grew with it (next neuron 0.05).
 """
 from __future__ import annotations
 
@@ -73,10 +75,11 @@ class PlantedConfig:
 
     base_step: int = 800  # the demo checkpoint the specialists go into: the trained model
     n_planted: int = 5  # specialists: 2 % of the demo's 256 neurons (the papers' plateau ≈ 1.7 %); fewer pairs = more positions each
-    rare_delta: float = 0.5  # designed rare-target ΔLoss of specialist 0: ≈ 18× the trained model's top neuron (0.028)
+    rare_delta: float = 1.2  # designed rare-target ΔLoss of specialist 0: ≈ 40× the trained model's top neuron (0.028)
     delta_ratio: float = 0.97  # each next specialist's margin is this times the previous one's: a head, not a tie
     prefix_sentences: int = 400  # sentences of the prefix, each with one new pair: ≈ 4600 tokens, covers the evaluated ones
     sentences_per_document: int = 10  # prefix sentences per document
+    on_loss: float = 0.05  # mean loss of a specialist's own pair predictions: saturated (p ≈ 0.95)
     push: float = 1.0  # a specialist's mean push where it fires, in units of the median centred residual norm
     fire_margin: float = 4.0  # |pre-activation| at the closest positions on either side of the trigger boundary
     tokens: int = 4096  # evaluated positions, as the demo's ingest (rtn.demo.demo_config)

@@ -63,7 +63,7 @@ def test_the_planted_neurons_top_the_rare_boost_curve_with_their_designed_margin
     for p, got in zip(planted.design["planted"], curve["delta_loss"][:k]):
         assert got == pytest.approx(p["measured_rare_delta"], rel=1e-4)       # float32 forward vs the float64 design
         assert got == pytest.approx(p["design_rare_delta"], rel=2e-3)
-    assert curve["delta_loss"][k - 1] > 10 * curve["delta_loss"][k]            # measured: 15.6×
+    assert curve["delta_loss"][k - 1] > 20 * curve["delta_loss"][k]            # measured: 55×
 
 
 def test_a_hook_rerun_of_the_planted_model_confirms_each_specialist_ablation(planted, planted_warehouse):
@@ -116,9 +116,6 @@ def test_the_head_fit_finds_exactly_the_planted_neurons(planted, planted_warehou
     assert fit["delta_bic"] > 10                         # and the head model beats power law + decay
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 13: the planted head's lift (0.61) is below lift_threshold "
-                   "(0.89 = 3 × RMS 0.30 of the power law's residuals, which the trained curve's own bend "
-                   "at ranks 6-15 inflates); see the issue13b report")
 def test_the_verdict_calls_the_planted_head_a_plateau_and_its_group_the_planted_neurons(planted, planted_warehouse):
     fit = query(planted_warehouse, CURVE, ["planted", "rare", "boost"]).row(0, named=True)
     assert fit["has_plateau"] and fit["plateau_verdict"] == "plateau"
