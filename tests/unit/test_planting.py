@@ -123,3 +123,11 @@ def test_rare_deltas_equal_a_per_position_loss_loop():
         per_position = [loss(resid[i].numpy() + (mean[j] - acts[i, j].item()) * w_out[j].numpy(), targets[i])
                         - loss(resid[i].numpy(), targets[i]) for i in range(40) if rare[i]]
         assert got[j] == pytest.approx(np.mean(per_position), rel=1e-10)
+
+
+@pytest.mark.parametrize("decreasing", [False, True])
+def test_bisect_finds_where_a_monotone_function_takes_a_value_beyond_its_first_bracket(decreasing):
+    from rtn.demo.plant import _bisect
+    f = (lambda x: -x ** 3) if decreasing else (lambda x: x ** 3)
+    value = -27.0 if decreasing else 27.0
+    assert _bisect(f, value, decreasing=decreasing) == pytest.approx(3.0, rel=1e-9)
