@@ -23,11 +23,10 @@ what was put there (issue 13), shipped as the demo's `planted` run. Construction
 * Output. Along a direction of the final residual that the unembedding reads least (its
   smallest singular directions, one per specialist), with its target's unembedding row given a
   component that reads it (rows biorthogonal, so no target reads another's specialist). So
-  the push raises its target's logit and little else, and the specialist's output is the
-  gradient of log p(target) where it fires. Two first tries taught this: along W_U[target]
-  the push lowered p(target) (rare rows move together), and along the trained model's own
-  gradient of log p(target) it needed a push ~100× the residual, whose mean, all that mean
-  ablation adds where the specialist is silent, then broke common predictions (ΔLoss 8.7).
+  the push raises its target's logit and little else. Along W_U[target] a push lowered
+  p(target) (rare rows move together: issue 13's first attempt); along the trained model's
+  own gradient of log p(target) it needed ~100× the residual, and its mean, all that mean
+  ablation adds where the specialist is silent, broke common predictions (ΔLoss 8.7, tried).
 * Scale. The push is one median residual norm. The target's row then gets two parts: a gain
   along its specialist's direction, so that where the specialist fires it predicts the target
   at a mean loss of on_loss (saturated: the trained neurons' small moves there then change
