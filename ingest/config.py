@@ -14,12 +14,19 @@ class IngestConfig:
     corpus: str = "synthetic"           # hub data set name[:config[:split]], local .txt/.jsonl/.parquet file or folder, or synthetic
     run: str | None = None              # run_id; default: the model's folder or repo name
     tokenizer: str | None = None        # tokenizer folder or hub id; default: the model's own
-    tokens: int = 4096                  # evaluated positions per checkpoint (rounded down to whole sequences)
+    tokens: int = 4096                  # evaluated positions per checkpoint (rounded down to whole sequences); with
+                                        # --min-rare, min_rare of them are rare targets of windows chosen for them
     seq_len: int = 128                  # length of each evaluated sequence
     layer: int = -1                     # studied MLP layer, 0-based block index; negative counts from the end
     device: str = "auto"                # auto (cuda when available), cpu or cuda
     precision: str = "auto"             # ablation arithmetic: float64, float32, or auto (float64 on CPU, float32 + the fused kernel on CUDA)
     rare_threshold: float = 0.5         # a type is rare below this percentile of types by count
+    min_rare: int = 0                   # rare-target predictions wanted: when the corpus-order windows hold fewer, they
+                                        # shrink to tokens - min_rare and windows rich in rare targets are added until
+                                        # reached; see eval_tokens.selection. 0 (default) = corpus order only, as
+                                        # before; rtn demo --real asks for 1024, and ingest suggests it when rare is short
+    frequencies: str | None = None      # unigram counts defining rarity (.npy per token id, or .parquet/.csv token_id,count);
+                                        # default: counts of the corpus itself
     class_by: str = "target"            # class of a prediction: the predicted token (target) or the input token
     n_samples: int = 512                # positions kept per neuron in activation_samples (half rare when possible)
     max_documents: int = 50_000         # documents read from the corpus for token frequencies

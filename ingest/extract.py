@@ -9,7 +9,7 @@ from rtn.ingest import adapters
 from rtn.ingest.ablation import ablate_all
 from rtn.ingest.capture import capture
 from rtn.ingest.config import IngestConfig
-from rtn.ingest.corpus import COMMON, EXCLUDED, RARE, EvalData, class_masks, mean_and_stderr
+from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks, mean_and_stderr
 from rtn.ingest.groups import ablation_groups, group_ablation_rows
 from rtn.ingest.heads import head_ablations
 from rtn.ingest.progress import StageTimer
@@ -38,8 +38,10 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
                  "mean_act": mean_acts.cpu().numpy(),
                  "std_act": acts_all.std(0, correction=1).cpu().numpy(),
                  "frac_active": (acts_all > 0).to(dtype).mean(0).cpu().numpy()}
-        for name, code in (("rare", RARE), ("common", COMMON)):
-            picked = acts_all[classes == code]
+        for name, mask in class_masks(classes).items():
+            if name == "all":
+                continue
+            picked = acts_all[mask]
             stats[f"mean_act_{name}"] = picked.mean(0).cpu().numpy() if len(picked) else np.full(n_mlp, np.nan)
         neuron_stats = pl.DataFrame(stats)
 

@@ -24,6 +24,7 @@ from rtn.ingest.extract import extract_checkpoint
 from rtn.ingest.heads import check_head_layers
 from rtn.ingest.progress import StageTimer
 
+SUGGESTED_MIN_RARE = 1024     # rare-target predictions for a rare-class ΔLoss whose standard error is small against it
 RUN_TABLES = ("eval_tokens", "activation_sample_positions")
 STEP_TABLES = ("neuron_stats", "activation_samples", "ablation_deltas", "eval_losses", "neuron_weights",
                "weight_spectra", "head_ablations", "group_ablation_deltas", "neuron_token_effects")
@@ -36,6 +37,10 @@ def _validate(config: IngestConfig) -> None:
         raise RtnError(f"--rare-threshold {config.rare_threshold} must lie strictly between 0 and 1")
     if config.precision not in ("auto", "float32", "float64"):
         raise RtnError(f"--precision {config.precision} is not auto, float32 or float64")
+    if config.frequencies and not Path(config.frequencies).expanduser().is_file():
+        raise RtnError(f"--frequencies {config.frequencies} does not exist")
+    if config.min_rare < 0:
+        raise RtnError(f"--min-rare {config.min_rare} must be 0 or more")
     if config.class_by not in ("target", "input"):
         raise RtnError(f"--class-by {config.class_by} is not target or input")
 
@@ -64,11 +69,14 @@ def _check_same_run(stored: dict | None, config: IngestConfig) -> None:
                        f"pass --run NEW_NAME")
 
 
-def _run_row(config: IngestConfig, model_config, adapter, layer: int, data: corpus.EvalData) -> pl.DataFrame:
+def _run_row(config: IngestConfig, model_config, adapter, layer: int, data: corpus.EvalData,
+             ref: sources.CheckpointRef) -> pl.DataFrame:
+    weights_format, quantization = sources.weights_format(ref)
     d_mlp = getattr(model_config, "intermediate_size", None) or getattr(model_config, "n_inner", None) \
         or 4 * model_config.hidden_size
     return pl.DataFrame([{
         "run_id": config.run_id(), "model": config.model, "family": adapter.family,
+        "weights_format": weights_format, "quantization": quantization,
         "architecture": (model_config.architectures or [type(model_config).__name__])[0],
         "n_layers": model_config.num_hidden_layers, "d_model": model_config.hidden_size, "d_mlp": d_mlp,
         "vocab_size": model_config.vocab_size, "corpus_id": data.corpus_row["corpus_id"][0],
@@ -98,8 +106,12 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     if layer != n_layers - 1:
         raise RtnError(f"--layer {config.layer}: exact ablation is implemented for the last layer only (-1)")
     check_head_layers(n_layers, config.head_layers)
-    tokenizer = sources.load_tokenizer(config.tokenizer or _tokenizer_source(config, refs),
-                                       None if config.tokenizer else refs[-1].revision)
+    if config.tokenizer:
+        tokenizer = sources.load_tokenizer(config.tokenizer)
+    elif refs[-1].gguf_file:
+        tokenizer = sources.load_tokenizer(refs[-1].source, gguf_file=refs[-1].gguf_file)
+    else:
+        tokenizer = sources.load_tokenizer(_tokenizer_source(config, refs), refs[-1].revision)
     if len(tokenizer) > model_config.vocab_size:
         raise RtnError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
                        f"{model_config.vocab_size}: they do not belong together")
@@ -112,8 +124,15 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
         return {"run_id": run_id, "ingested": 0, "skipped": len(refs)}
 
     data = corpus.prepare(config, corpus_spec, tokenizer, model_config.vocab_size)
+    counts = data.class_counts()
+    log(f"run {run_id}: predictions per class: rare {counts['rare']:,}, common {counts['common']:,}, "
+        f"all {counts['all']:,} ({data.input_ids.shape[0] - data.n_chosen} sequences in corpus order"
+        + (f", {data.n_chosen} more chosen for their rare targets" if data.n_chosen else "") + ")"
+        + (f"; fewer rare than --min-rare {config.min_rare}: the corpus holds no more" if counts["rare"] < config.min_rare
+           else f"; few rare: --min-rare {SUGGESTED_MIN_RARE} adds windows rich in rare targets"
+           if counts["rare"] < SUGGESTED_MIN_RARE and not config.min_rare else ""))
     run_rows = None if stored else {
-        "runs": _run_row(config, model_config, adapter, layer, data), "corpora": data.corpus_row,
+        "runs": _run_row(config, model_config, adapter, layer, data, refs[0]), "corpora": data.corpus_row,
         "token_frequencies": data.frequencies, "eval_tokens": data.eval_tokens(),
         "activation_sample_positions": data.sample_positions(),
     }

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rtn.errors import RtnError
+from rtn.ingest.gguf_file import find_gguf, read_info
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
@@ -24,6 +25,13 @@ class CheckpointRef:
     revision: str | None      # hub revision or checkpoint folder name
     source: str               # local folder or hub id to load from
     tokens_seen: int | None   # training tokens seen, when the checkpoint records it
+    gguf_file: str | None = None  # file name inside `source` when the weights are a GGUF file (llama.cpp)
+
+    def load_kwargs(self) -> dict:
+        """Returns the from_pretrained keyword arguments that pick this checkpoint's files."""
+        if self.gguf_file:
+            return {"gguf_file": self.gguf_file}
+        return {"revision": None if is_local(self.source) else self.revision}
 
 
 def is_local(spec: str) -> bool:
@@ -87,6 +95,12 @@ def resolve_checkpoints(model: str, spec: str = "final") -> list[CheckpointRef]:
         folder = Path(model).expanduser()
         if not folder.exists():
             raise RtnError(f"model path {model} does not exist")
+        gguf = find_gguf(folder)
+        if gguf is not None:
+            if spec not in ("final", "all"):
+                raise RtnError(f"unknown revision {spec!r}: {model} is a single GGUF checkpoint (use --checkpoints final)")
+            read_info(gguf)     # a truncated or foreign file is named before transformers tries it
+            return [CheckpointRef(-1, gguf.name, str(gguf.parent), None, gguf_file=gguf.name)]
         if (folder / "config.json").exists():
             if spec not in ("final", "all"):
                 raise RtnError(f"unknown revision {spec!r}: {model} is a single checkpoint (use --checkpoints final)")
@@ -129,7 +143,7 @@ def load_config(ref: CheckpointRef):
     """Returns the model config of a checkpoint (raises RtnError when it cannot be had)."""
     from transformers import AutoConfig
     try:
-        return AutoConfig.from_pretrained(ref.source, revision=None if is_local(ref.source) else ref.revision)
+        return AutoConfig.from_pretrained(ref.source, **ref.load_kwargs())
     except ValueError as err:  # an unrecognised model_type
         raise RtnError(f"unknown architecture in {ref.source}: {str(err).splitlines()[0]}") from err
     except OSError as err:
@@ -151,21 +165,29 @@ def load_model(ref: CheckpointRef, dtype, device):
     from transformers.utils import logging as transformers_logging
     transformers_logging.disable_progress_bar()  # one "Loading weights" bar per checkpoint drowns rtn's own
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            ref.source, revision=None if is_local(ref.source) else ref.revision, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=dtype, **ref.load_kwargs())
     except (OSError, ValueError) as err:
         raise _load_error(ref, err) from err
     return model.to(device).eval()
 
 
-def load_tokenizer(spec: str, revision: str | None = None):
-    """Returns the tokenizer saved in a folder (or the hub id's tokenizer)."""
+def load_tokenizer(spec: str, revision: str | None = None, gguf_file: str | None = None):
+    """Returns the tokenizer saved in a folder or GGUF file (or the hub id's tokenizer)."""
     from transformers import AutoTokenizer
     try:
+        if gguf_file:
+            return AutoTokenizer.from_pretrained(spec, gguf_file=gguf_file)
         return AutoTokenizer.from_pretrained(spec, revision=None if is_local(spec) else revision)
     except (OSError, ValueError, TypeError) as err:
         where = spec if is_local(spec) else f"{spec} ({OFFLINE_HINT})"
         raise RtnError(f"no tokenizer could be loaded from {where}; pass --tokenizer PATH") from err
+
+
+def weights_format(ref: CheckpointRef) -> tuple[str | None, str | None]:
+    """Returns (file format, quantization) of weights dequantized on load: ('gguf', 'Q4_1'); (None, None) otherwise."""
+    if not ref.gguf_file:
+        return None, None
+    return "gguf", read_info(Path(ref.source) / ref.gguf_file).quantization
 
 
 def tokenizer_hash(tokenizer) -> str:

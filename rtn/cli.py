@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
     ing.add_argument("--precision", default=defaults.precision, help="auto (float64 on CPU, float32 on CUDA), float64 or float32 ablation arithmetic")
     ing.add_argument("--rare-threshold", type=float, default=defaults.rare_threshold)
+    ing.add_argument("--min-rare", type=int, default=defaults.min_rare,
+                     help="rare-target predictions wanted: windows rich in rare targets replace corpus-order ones "
+                          "until reached (default 0 = corpus order only; 1024 is a good value on real text)")
+    ing.add_argument("--frequencies", default=None, metavar="FILE",
+                     help="unigram counts that define rarity: .npy per token id, or .parquet/.csv with token_id, count")
     ing.add_argument("--class-by", default=defaults.class_by, help="target (default) or input token's class")
     ing.add_argument("--samples", type=int, default=defaults.n_samples, help="positions kept in activation_samples")
     ing.add_argument("--max-documents", type=int, default=defaults.max_documents)
@@ -86,7 +91,8 @@ def _ingest_config(args):
     from rtn.ingest.config import IngestConfig
     return IngestConfig(model=args.model, checkpoints=args.checkpoints, corpus=args.corpus, run=args.run,
                         tokenizer=args.tokenizer, tokens=args.tokens, seq_len=args.seq_len, layer=args.layer,
-                        device=args.device, precision=args.precision, rare_threshold=args.rare_threshold,
+                        device=args.device, precision=args.precision, rare_threshold=args.rare_threshold, min_rare=args.min_rare,
+                        frequencies=args.frequencies,
                         class_by=args.class_by, n_samples=args.samples, max_documents=args.max_documents,
                         head_layers=args.head_layers, spectra=not args.no_spectra)
 

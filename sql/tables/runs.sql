@@ -4,6 +4,8 @@ create table if not exists runs (
     model varchar,            -- hub id or local path as given
     family varchar,           -- adapter name: gpt_neox, gpt2
     architecture varchar,     -- config.architectures[0]
+    weights_format varchar,   -- 'gguf' when the weights were dequantized on load from a quantized file; NULL otherwise
+    quantization varchar,     -- that file's quantization (llama.cpp file type, e.g. Q4_1): spectra carry its rounding
     n_layers integer,
     d_model integer,
     d_mlp integer,
