@@ -21,6 +21,9 @@ class IngestConfig:
     device: str = "auto"                # auto (cuda when available), cpu or cuda
     precision: str = "auto"             # ablation arithmetic: float64, float32, or auto (float64 on CPU, float32 + the fused kernel on CUDA)
     rare_threshold: float = 0.5         # a type is rare below this percentile of types by count
+    rare_ranks: str | None = None       # "MIN:MAX": the papers' band instead: Zipf ranks MIN..MAX rare (1 = most
+                                        # frequent), before it common, after it excluded (sql/token_classes.sql)
+    exclude_below_elbow: bool = False   # also exclude types counted below the rank-frequency curve's elbow
     min_rare: int = 0                   # rare-target predictions wanted: when the corpus-order windows hold fewer, they
                                         # shrink to tokens - min_rare and windows rich in rare targets are added until
                                         # reached; see eval_tokens.selection. 0 (default) = corpus order only, as
@@ -41,6 +44,15 @@ class IngestConfig:
     def run_id(self) -> str:
         """Returns the run name: --run, else the model's last path component."""
         return self.run or Path(self.model.rstrip("/")).name
+
+    def rare_rank_band(self) -> tuple[int, int] | None:
+        """Returns (min, max) Zipf ranks of --rare-ranks, or None for the percentile rule; ValueError when malformed."""
+        if not self.rare_ranks:
+            return None
+        low, high = (int(part) for part in self.rare_ranks.split(":"))
+        if not 1 <= low <= high:
+            raise ValueError(self.rare_ranks)
+        return low, high
 
     def to_json(self) -> str:
         """Returns the configuration as JSON, as stored in runs.config."""

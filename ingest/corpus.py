@@ -10,11 +10,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from rtn import sql
+from rtn import sql, warehouse
+from rtn.errors import RtnError
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.sources import load_documents, tokenizer_hash
-from rtn import warehouse
-from rtn.errors import RtnError
 
 # RARE_CHOSEN: a rare-target prediction in a window chosen *for* its rare targets (--min-rare). It counts
 # as rare; `all` and `common` take only windows in corpus order, so they stay a sample of the text as it is.
@@ -79,14 +78,19 @@ class EvalData:
                              "seq": (flat // L).astype(np.int32), "pos": (flat % L).astype(np.int32)})
 
 
-def token_rarity(frequencies: pl.DataFrame, rare_threshold: float) -> pl.DataFrame:
-    """Returns (token_id, token_class) of every counted type from the `token_classes` view, the one definition of rarity."""
+def token_rarity(frequencies: pl.DataFrame, config: IngestConfig) -> pl.DataFrame:
+    """Returns (token_id, token_class) of every counted type from the `token_classes` view, the one definition of rarity.
+
+    token_class is NULL for a type the rule excludes (after the --rare-ranks band, below the elbow).
+    """
     con = duckdb.connect()
     sql.create_tables(con)
     con.register("_freq", frequencies.to_arrow())
     con.execute("insert into token_frequencies select corpus_id, token_id, token, count from _freq")
-    con.execute("insert into runs (run_id, corpus_id, rare_threshold) select 'ingest', corpus_id, ? from _freq limit 1",
-                [rare_threshold])
+    rank_min, rank_max = config.rare_rank_band() or (None, None)
+    con.execute("insert into runs (run_id, corpus_id, rare_threshold, rare_rank_min, rare_rank_max, exclude_below_elbow) "
+                "select 'ingest', corpus_id, ?, ?, ?, ? from _freq limit 1",
+                [config.rare_threshold, rank_min, rank_max, config.exclude_below_elbow])
     sql.apply_views(con, names=["token_classes"])
     return warehouse.frame(con, "select token_id, token_class from token_classes")
 
@@ -213,9 +217,10 @@ def _short_name(spec: str) -> str:
 
 def _classes(input_ids: torch.Tensor, frequencies: pl.DataFrame, special: set, config: IngestConfig) -> torch.Tensor:
     """Returns [S, L] classes of the prediction at each position (EXCLUDED where none counts)."""
-    rarity = token_rarity(frequencies, config.rare_threshold)
+    rarity = token_rarity(frequencies, config)
     lookup = np.full(int(max(input_ids.max().item(), rarity["token_id"].max())) + 1, EXCLUDED, dtype=np.int64)
-    lookup[rarity["token_id"].to_numpy()] = np.where(rarity["token_class"].to_numpy() == "rare", RARE, COMMON)
+    names = rarity["token_class"].to_numpy()
+    lookup[rarity["token_id"].to_numpy()] = np.select([names == "rare", names == "common"], [RARE, COMMON], EXCLUDED)
     S, L = input_ids.shape
     classes = torch.full((S, L), EXCLUDED, dtype=torch.long)
     by = input_ids[:, 1:] if config.class_by == "target" else input_ids[:, :-1]   # token whose class counts

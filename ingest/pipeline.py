@@ -39,6 +39,10 @@ def _validate(config: IngestConfig) -> None:
         raise RtnError(f"--precision {config.precision} is not auto, float32 or float64")
     if config.frequencies and not Path(config.frequencies).expanduser().is_file():
         raise RtnError(f"--frequencies {config.frequencies} does not exist")
+    try:
+        config.rare_rank_band()
+    except ValueError as err:
+        raise RtnError(f"--rare-ranks {config.rare_ranks} is not MIN:MAX with 1 <= MIN <= MAX (Zipf ranks)") from err
     if config.min_rare < 0:
         raise RtnError(f"--min-rare {config.min_rare} must be 0 or more")
     if config.class_by not in ("target", "input"):
@@ -81,7 +85,9 @@ def _run_row(config: IngestConfig, model_config, adapter, layer: int, data: corp
         "n_layers": model_config.num_hidden_layers, "d_model": model_config.hidden_size, "d_mlp": d_mlp,
         "vocab_size": model_config.vocab_size, "corpus_id": data.corpus_row["corpus_id"][0],
         "n_eval_tokens": data.input_ids.numel(), "seq_len": config.seq_len, "layer": layer, "seed": config.seed,
-        "rare_threshold": config.rare_threshold, "class_by": config.class_by, "config": config.to_json(),
+        "rare_threshold": config.rare_threshold, "exclude_below_elbow": config.exclude_below_elbow,
+        "rare_rank_min": (config.rare_rank_band() or (None, None))[0],
+        "rare_rank_max": (config.rare_rank_band() or (None, None))[1], "class_by": config.class_by, "config": config.to_json(),
         "code_version": rtn.__version__, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
     }])
 

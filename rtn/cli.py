@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
     ing.add_argument("--precision", default=defaults.precision, help="auto (float64 on CPU, float32 on CUDA), float64 or float32 ablation arithmetic")
     ing.add_argument("--rare-threshold", type=float, default=defaults.rare_threshold)
+    ing.add_argument("--rare-ranks", default=None, metavar="MIN:MAX",
+                     help="the papers' band instead of --rare-threshold: Zipf ranks MIN..MAX rare, before common, after excluded")
+    ing.add_argument("--exclude-below-elbow", action="store_true",
+                     help="exclude types counted below the elbow of the rank-frequency curve")
     ing.add_argument("--min-rare", type=int, default=defaults.min_rare,
                      help="rare-target predictions wanted: windows rich in rare targets replace corpus-order ones "
                           "until reached (default 0 = corpus order only; 1024 is a good value on real text)")
@@ -98,7 +102,8 @@ def _ingest_config(args):
     return IngestConfig(model=args.model, checkpoints=args.checkpoints, corpus=args.corpus, run=args.run,
                         tokenizer=args.tokenizer, tokens=args.tokens, seq_len=args.seq_len, layer=args.layer,
                         device=args.device, precision=args.precision, rare_threshold=args.rare_threshold, min_rare=args.min_rare,
-                        frequencies=args.frequencies,
+                        frequencies=args.frequencies, rare_ranks=args.rare_ranks,
+                        exclude_below_elbow=args.exclude_below_elbow,
                         class_by=args.class_by, n_samples=args.samples, max_documents=args.max_documents,
                         head_layers=args.head_layers, spectra=not args.no_spectra)
 

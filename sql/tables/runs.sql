@@ -16,6 +16,9 @@ create table if not exists runs (
     layer integer,            -- studied MLP layer, 0-based block index
     seed integer,
     rare_threshold double,    -- a type is rare below this percentile of types
+    rare_rank_min integer,    -- --rare-ranks MIN:MAX (the papers' band): Zipf ranks MIN..MAX rare, before common,
+    rare_rank_max integer,    --   after excluded; NULL = the percentile rule above (token_classes)
+    exclude_below_elbow boolean,  -- types counted below the rank-frequency elbow are excluded (token_classes)
     class_by varchar,         -- 'target' (default) or 'input': which token's class a prediction gets
     config json,              -- full IngestConfig
     code_version varchar,

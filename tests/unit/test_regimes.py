@@ -475,3 +475,39 @@ def test_curves_too_small_for_a_head_get_a_row_without_a_fit():
     (fit,) = regimes.compute(con, "run")["analysis_regime_fits"].iter_rows(named=True)
     assert (fit["n_neurons"], fit["head_size"], fit["plateau_lift"], fit["has_plateau"], fit["agrees_with_sql"]) == (
         50, None, None, False, True)
+
+
+def _band_warehouse(counts, **run):
+    con = duckdb.connect()
+    sql.create_tables(con)
+    con.executemany("insert into token_frequencies values ('c', ?, ?, ?)",
+                    [(i, f"t{i}", int(n)) for i, n in enumerate(counts)])
+    cols = ", ".join(["run_id", "corpus_id", "rare_threshold", *run])
+    con.execute(f"insert into runs ({cols}) values ('r', 'c', 0.5{', ?' * len(run)})", list(run.values()))
+    sql.apply_views(con, names=["token_classes"])
+    return dict(con.sql("select token_id, token_class from token_classes").fetchall())
+
+
+# Zipf-like head, then a tail that falls off: ids are in rank order (count descending)
+BAND_COUNTS = [1000, 500, 330, 250, 200, 160, 140, 120, 30, 4, 1, 1]
+
+
+def test_rare_rank_band_makes_earlier_ranks_common_and_excludes_later_ones():
+    got = _band_warehouse(BAND_COUNTS, rare_rank_min=3, rare_rank_max=6)
+    assert got == {0: "common", 1: "common", 2: "rare", 3: "rare", 4: "rare", 5: "rare",
+                   **{i: None for i in range(6, 12)}}
+
+
+def test_exclude_below_elbow_drops_the_long_tail_under_either_rule():
+    x, y = np.log(np.arange(1, 13)), np.log(BAND_COUNTS)
+    # independent kneedle: the point farthest (vertically) from the chord of the ln-ln curve; ties go to the first
+    chord = y[0] + (y[-1] - y[0]) * (x - x[0]) / (x[-1] - x[0])
+    elbow_count = BAND_COUNTS[int(np.argmax(np.abs(y - chord)))]
+    assert 1 < elbow_count < 1000                        # the curve does have an interior elbow
+    excluded = {i for i, n in enumerate(BAND_COUNTS) if n < elbow_count}
+    percentile = _band_warehouse(BAND_COUNTS)
+    got = _band_warehouse(BAND_COUNTS, exclude_below_elbow=True)
+    assert {i for i, c in got.items() if c is None} == excluded
+    assert all(got[i] == percentile[i] for i in got if i not in excluded)
+    banded = _band_warehouse(BAND_COUNTS, rare_rank_min=2, rare_rank_max=11, exclude_below_elbow=True)
+    assert {i for i, c in banded.items() if c is None} == excluded | {11}
