@@ -11,12 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from rtn.ingest import adapters, sources
-from rtn.ingest.capture import hooked
 
 from rtn import warehouse
 from rtn.demo import REAL_RUN, run_real_demo
 from rtn.demo.real import SourceUnreachable, ensure_real_sources
+from rtn.ingest import adapters, sources
+from rtn.ingest.capture import hooked
 
 pytestmark = pytest.mark.real
 

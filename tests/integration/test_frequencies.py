@@ -5,10 +5,10 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import VOCAB, make_corpus_docs, run_cli, save_model_folder
-from rtn.ingest.config import IngestConfig
-from rtn.ingest.pipeline import ingest
 
 from rtn import warehouse
+from rtn.ingest.config import IngestConfig
+from rtn.ingest.pipeline import ingest
 
 SPECIAL = (0, 1)          # the test tokenizer's <|endoftext|> and <|pad|>: never a type of the corpus
 

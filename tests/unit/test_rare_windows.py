@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+
 from rtn.ingest.corpus import (
     COMMON,
     EXCLUDED,
