@@ -81,7 +81,7 @@ def _run_row(config: IngestConfig, model_config, adapter, layer: int, data: corp
     return pl.DataFrame([{
         "run_id": config.run_id(), "model": config.model, "family": adapter.family,
         "weights_format": weights_format, "quantization": quantization,
-        "architecture": (model_config.architectures or [type(model_config).__name__])[0],
+        "architecture": _architecture(model_config),
         "n_layers": model_config.num_hidden_layers, "d_model": model_config.hidden_size, "d_mlp": d_mlp,
         "vocab_size": model_config.vocab_size, "corpus_id": data.corpus_row["corpus_id"][0],
         "n_eval_tokens": data.input_ids.numel(), "seq_len": config.seq_len, "layer": layer, "seed": config.seed,
@@ -90,6 +90,14 @@ def _run_row(config: IngestConfig, model_config, adapter, layer: int, data: corp
         "rare_rank_max": (config.rare_rank_band() or (None, None))[1], "class_by": config.class_by, "config": config.to_json(),
         "code_version": rtn.__version__, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
     }])
+
+
+def _architecture(model_config) -> str:
+    """Returns the model class name; a GGUF's config does not list it, so the causal-LM class of its type stands in."""
+    if model_config.architectures:
+        return model_config.architectures[0]
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_config.model_type, type(model_config).__name__)
 
 
 def ingest(config: IngestConfig, path: Path, log=print) -> dict:
