@@ -91,20 +91,23 @@ REAL_SUMMARY_QUERIES = {
     "clean loss per class (nats)":
         "select token_class, n, round(mean_loss, 3) as mean_loss from eval_losses where run_id = ? order by token_class",
     "regimes of the sorted influence curves (boost)":
-        "select token_class, plateau_size, round(plateau_fraction, 4) as plateau_fraction, "
-        "round(power_law_slope, 2) as slope, round(plateau_lift, 2) as lift, has_plateau from regime_summary "
-        "where run_id = ? and sign = 'boost' order by token_class",
+        "select token_class, plateau_verdict, head_size, round(power_law_slope, 2) as slope, "
+        "round(plateau_lift, 2) as lift, round(lift_threshold, 2) as threshold, flattened_head, "
+        "paper_plateau_size from regime_summary where run_id = ? and sign = 'boost' order by token_class",
     "most influential neurons on rare targets (mean ΔLoss ± s.e.)":
         "select r.neuron, round(r.delta_loss, 5) as rare, round(r.std_err, 5) as rare_se, "
         "round(c.delta_loss, 5) as common from ablation_deltas as r join ablation_deltas as c "
         "using (run_id, step, layer, neuron) where run_id = ? and r.token_class = 'rare' "
         "and c.token_class = 'common' order by abs(r.delta_loss) desc limit 5",
-    "Hill alpha of W_out rows, plateau vs random (lower = heavier tail)":
+    # the plateau group is empty where the verdict finds no plateau: top_boost_k is shown beside it
+    "Hill alpha of W_out rows, plateau and top boosting neurons vs random (lower = heavier tail)":
         "select group_name, round(alpha_hill, 2) as alpha_hill, round(random_alpha_hill, 2) as random_alpha_hill "
-        "from analysis_group_spectra where run_id = ? and matrix = 'w_out' and group_name = 'plateau'",
+        "from analysis_group_spectra where run_id = ? and matrix = 'w_out' "
+        "and group_name in ('plateau', 'top_boost_k') order by group_name",
     "modularity against 100 random groups":
         "select group_name, round(q, 3) as q, round(null_mean, 3) as null_mean, round(p_value, 3) as p_value "
-        "from analysis_modularity where run_id = ? and group_name in ('plateau', 'random_1') order by group_name",
+        "from analysis_modularity where run_id = ? and group_name in ('plateau', 'top_boost_k', 'random_1') "
+        "order by group_name",
     "one head vs its whole attention layer (rare targets)":
         "select layer as attn_layer, method, round(median_head_to_layer, 3) as median_head_vs_layer "
         "from head_effects where run_id = ? and token_class = 'rare' order by attn_layer, method",
