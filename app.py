@@ -168,7 +168,8 @@ def page_influence(runs: pl.DataFrame, selected: list[str]) -> None:
     step = st.select_slider("Step: move it to watch the plateau emerge", steps, value=steps[-1], key="influence_step")
     left, right = st.columns(2)
     classes = left.multiselect("Targets", ["rare", "common", "all"], default=["rare", "common"])
-    signs = right.multiselect("Sign", ["boost", "suppress"], default=["boost", "suppress"])
+    # boost first: the papers' plateau is a head of neurons whose ablation raises the loss; suppress is a click away
+    signs = right.multiselect("Sign", ["boost", "suppress"], default=["boost"], key="influence_signs")
     curves = load("app_influence_curves", ", ".join(CURVE_COLUMNS), "token_class, sign, rank", run_id=run_id,
                   step=step, layer=layer)
     for sign in signs:

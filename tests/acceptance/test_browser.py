@@ -33,7 +33,7 @@ CHROMIUM = os.environ.get("RTN_CHROMIUM") or shutil.which("chromium") or "/usr/b
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 # the charts each page draws at least (SQL draws a table)
-PAGES = {"Runs": 1, "Influence": 4, "Dynamics": 1, "Geometry & modularity": 2, "Spectra": 2, "Heads": 2,
+PAGES = {"Runs": 1, "Influence": 2, "Dynamics": 1, "Geometry & modularity": 2, "Spectra": 2, "Heads": 2,
          "Neuron": 4, "SQL": 0}
 MAX_LOAD_S = float(os.environ.get("RTN_MAX_PAGE_LOAD_S", "2.0"))
 

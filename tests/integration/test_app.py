@@ -76,6 +76,9 @@ def test_runs_page_charts_every_checkpoint(filled_warehouse, monkeypatch):
 def test_influence_page_draws_each_curve_with_its_regimes_and_fits(filled_warehouse, monkeypatch):
     facts = run_facts(filled_warehouse)
     at = open_page("Influence", filled_warehouse, monkeypatch)
+    assert sorted(charts(at)) == ["common targets · boost", "rare targets · boost"]   # boost curves by default
+    at.multiselect(key="influence_signs").set_value(["boost", "suppress"]).run()
+    assert not at.exception
     for step in (facts["steps"][-1], facts["steps"][0]):   # the slider starts at the last step
         if step != facts["steps"][-1]:
             at.select_slider(key="influence_step").set_value(step).run()
