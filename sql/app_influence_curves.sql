@@ -57,13 +57,7 @@ labelled as (
     select
         influence.*,
         fits.* exclude (run_id, step, layer, token_class, sign),
-        -- as influence_regimes labels it: the verdict's model, NULL for curves too short to fit
-        case
-            when fits.decay_start_rank is null then null
-            when fits.has_plateau and influence.rank <= fits.plateau_end_rank then 'plateau'
-            when influence.rank < fits.decay_start_rank then 'power_law'
-            else 'decay'
-        end as regime,
+        regime_label(influence.rank, fits.has_plateau, fits.plateau_end_rank, fits.decay_start_rank) as regime,
     from influence
     left join fits using (run_id, step, layer, token_class, sign)
 ),
