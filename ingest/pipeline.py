@@ -76,6 +76,7 @@ def _check_same_run(stored: dict | None, config: IngestConfig) -> None:
 def _run_row(config: IngestConfig, model_config, adapter, layer: int, data: corpus.EvalData,
              ref: sources.CheckpointRef) -> pl.DataFrame:
     weights_format, quantization = sources.weights_format(ref)
+    rank_min, rank_max = config.rare_rank_band() or (None, None)
     d_mlp = getattr(model_config, "intermediate_size", None) or getattr(model_config, "n_inner", None) \
         or 4 * model_config.hidden_size
     return pl.DataFrame([{
@@ -86,8 +87,7 @@ def _run_row(config: IngestConfig, model_config, adapter, layer: int, data: corp
         "vocab_size": model_config.vocab_size, "corpus_id": data.corpus_row["corpus_id"][0],
         "n_eval_tokens": data.input_ids.numel(), "seq_len": config.seq_len, "layer": layer, "seed": config.seed,
         "rare_threshold": config.rare_threshold, "exclude_below_elbow": config.exclude_below_elbow,
-        "rare_rank_min": (config.rare_rank_band() or (None, None))[0],
-        "rare_rank_max": (config.rare_rank_band() or (None, None))[1], "class_by": config.class_by, "config": config.to_json(),
+        "rare_rank_min": rank_min, "rare_rank_max": rank_max, "class_by": config.class_by, "config": config.to_json(),
         "code_version": rtn.__version__, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
     }])
 
@@ -98,6 +98,19 @@ def _architecture(model_config) -> str:
         return model_config.architectures[0]
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_config.model_type, type(model_config).__name__)
+
+
+def _class_counts_line(run_id: str, data: corpus.EvalData, min_rare: int) -> str:
+    """Returns the line that says how many predictions each class holds, and how to get more rare ones."""
+    counts = data.class_counts()
+    line = (f"run {run_id}: predictions per class: rare {counts['rare']:,}, common {counts['common']:,}, "
+            f"all {counts['all']:,} ({data.input_ids.shape[0] - data.n_chosen} sequences in corpus order"
+            + (f", {data.n_chosen} more chosen for their rare targets" if data.n_chosen else "") + ")")
+    if counts["rare"] < min_rare:
+        return line + f"; fewer rare than --min-rare {min_rare}: the corpus holds no more"
+    if counts["rare"] < SUGGESTED_MIN_RARE and not min_rare:
+        return line + f"; few rare: --min-rare {SUGGESTED_MIN_RARE} adds windows rich in rare targets"
+    return line
 
 
 def ingest(config: IngestConfig, path: Path, log=print) -> dict:
@@ -138,13 +151,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
         return {"run_id": run_id, "ingested": 0, "skipped": len(refs)}
 
     data = corpus.prepare(config, corpus_spec, tokenizer, model_config.vocab_size)
-    counts = data.class_counts()
-    log(f"run {run_id}: predictions per class: rare {counts['rare']:,}, common {counts['common']:,}, "
-        f"all {counts['all']:,} ({data.input_ids.shape[0] - data.n_chosen} sequences in corpus order"
-        + (f", {data.n_chosen} more chosen for their rare targets" if data.n_chosen else "") + ")"
-        + (f"; fewer rare than --min-rare {config.min_rare}: the corpus holds no more" if counts["rare"] < config.min_rare
-           else f"; few rare: --min-rare {SUGGESTED_MIN_RARE} adds windows rich in rare targets"
-           if counts["rare"] < SUGGESTED_MIN_RARE and not config.min_rare else ""))
+    log(_class_counts_line(run_id, data, config.min_rare))
     run_rows = None if stored else {
         "runs": _run_row(config, model_config, adapter, layer, data, refs[0]), "corpora": data.corpus_row,
         "token_frequencies": data.frequencies, "eval_tokens": data.eval_tokens(),
