@@ -41,8 +41,9 @@ def capture(model: nn.Module, adapter: Adapter, layer: int, input_ids: torch.Ten
         resid.append(store(inputs[0].detach()))
 
     device = next(model.parameters()).device
+    body = model.base_model   # the blocks and the final norm: the unembedding's logits are not needed here
     with hooked(adapters.mlp_out_module(model, adapter, layer), grab_acts), \
             hooked(adapters.final_norm(model, adapter), grab_resid):
         for start in range(0, input_ids.shape[0], batch_size):
-            model(input_ids[start:start + batch_size].to(device), use_cache=False)
+            body(input_ids[start:start + batch_size].to(device), use_cache=False)
     return Capture(torch.cat(acts), torch.cat(resid))

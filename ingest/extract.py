@@ -11,7 +11,7 @@ from rtn.ingest.capture import capture
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks, mean_and_stderr
 from rtn.ingest.groups import ablation_groups, group_ablation_rows
-from rtn.ingest.heads import head_ablations
+from rtn.ingest.heads import head_ablations, recording
 from rtn.ingest.progress import StageTimer
 from rtn.ingest.readout import readout_of, token_losses
 from rtn.ingest.spectra import weight_spectra
@@ -26,7 +26,7 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     device = next(model.parameters()).device
     precision = config.precision if config.precision != "auto" else ("float32" if device.type == "cuda" else "float64")
     dtype = torch.float64 if precision == "float64" else torch.float32
-    with timer("forward"):
+    with timer("forward"), recording(model, adapter, config) as head_clean:   # the heads' clean pass too
         cap = capture(model, adapter, layer, data.input_ids, config.batch_size, keep_device=True)
     n_mlp = cap.acts.shape[-1]
     acts_all = cap.acts.reshape(-1, n_mlp).to(dtype)            # [S*L, n]
@@ -92,5 +92,6 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     with timer("heads"):
         plateau = groups.filter(pl.col("group_name") == "plateau")["neuron"].to_list()
         clean_losses = dict(zip(eval_losses["token_class"], eval_losses["mean_loss"]))
-        tables["head_ablations"] = head_ablations(model, adapter, data, config, clean_losses, plateau)
+        tables["head_ablations"] = head_ablations(model, adapter, data, config, clean_losses, plateau,
+                                                  recorded=head_clean, captured=cap)
     return tables

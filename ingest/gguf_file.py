@@ -66,3 +66,53 @@ def _read_info(path: str, _size: int, _mtime_ns: int) -> GgufInfo:
 
 def _text(field) -> str:
     return bytes(field.parts[-1]).decode("utf-8")
+
+
+DEQUANTIZED_MARKER = "rtn_dequantized.json"   # in a save_pretrained folder made by dequantize_once: what it came from
+
+
+def dequantize_once(gguf: Path, target: Path, log=print) -> Path:
+    """Returns `target`, a save_pretrained folder holding `gguf`'s weights dequantized to float32, making it the first time.
+
+    Parsing a GGUF and dequantizing it costs about a minute on 2 cores at every load; the folder
+    loads in seconds, holds exactly the numbers a direct load gives (tests/acceptance/
+    test_real_model.py), and its marker file keeps the provenance that runs.weights_format and
+    runs.quantization report. A folder made from another file (size or mtime differ) is rebuilt.
+    """
+    import json
+    import shutil
+
+    info, stat = read_info(gguf), Path(gguf).stat()
+    marker = {"gguf_file": Path(gguf).name, "quantization": info.quantization, "size": stat.st_size,
+              "mtime_ns": stat.st_mtime_ns}
+    if (target / DEQUANTIZED_MARKER).exists() and json.loads((target / DEQUANTIZED_MARKER).read_text()) == marker:
+        return target
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    log(f"dequantizing {Path(gguf).name} ({info.quantization}) once into {target}")
+    transformers_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(Path(gguf).parent, gguf_file=Path(gguf).name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(Path(gguf).parent, gguf_file=Path(gguf).name)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_model(model, str(partial / "model.safetensors"), metadata={"format": "pt"})   # tied weights once
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["architectures"] = [type(model).__name__]
+    (partial / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    tokenizer.save_pretrained(partial)
+    (partial / DEQUANTIZED_MARKER).write_text(json.dumps(marker, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)     # a killed conversion leaves no folder that looks complete
+    return target
+
+
+def dequantized_from(folder: Path) -> dict | None:
+    """Returns the marker of a folder made by dequantize_once ({gguf_file, quantization, ...}), else None."""
+    import json
+    marker = Path(folder) / DEQUANTIZED_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None

@@ -19,7 +19,7 @@ head = -1 ablates every head of the layer at once (the whole attention layer).
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import polars as pl
@@ -136,15 +136,65 @@ def _rerun(model, adapter: Adapter, calls: rerun.BlockCalls, layer: int, input_i
     return _Pass(losses, torch.cat(acts) if acts else clean.plateau_acts)
 
 
+@dataclass
+class CleanRecording:
+    """What the heads need from a clean forward pass: the blocks' calls from the first head layer on and,
+    per head layer, the sum of its head outputs [n_heads * d_head] over every position (for the means)."""
+    calls: rerun.BlockCalls
+    sums: dict[int, torch.Tensor]
+
+
+@contextmanager
+def recording(model, adapter: Adapter, config: IngestConfig):
+    """Yields the CleanRecording that every forward pass of `model` inside the block fills (None without head layers).
+
+    The ingest's own capture pass runs inside it, so the heads need no clean pass of their own.
+    """
+    layers = head_layers(len(adapters.blocks(model, adapter)), config.head_layers)
+    if not layers:
+        yield None
+        return
+    sums: dict[int, torch.Tensor] = {}
+
+    def accumulate(layer):
+        def hook(_module, inputs):
+            total = inputs[0].to(torch.float64).sum((0, 1))                          # [n_heads * d_head]
+            sums[layer] = sums[layer] + total if layer in sums else total
+        return hook
+
+    with ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(hooked(adapters.attn_out_module(model, adapter, layer), accumulate(layer)))
+        calls = stack.enter_context(rerun.recording(model, adapter, layers))
+        yield CleanRecording(calls, sums)
+
+
+@torch.no_grad()
+def _clean_from_capture(model, adapter: Adapter, resid: torch.Tensor, acts: torch.Tensor, input_ids: torch.Tensor,
+                        included: torch.Tensor, batch_size: int, dtype: torch.dtype, plateau: torch.Tensor) -> _Pass:
+    """Returns the clean _Pass from a capture: losses at `included` positions through the model's own final norm
+    and unembedding (batch by batch, as _rerun computes the ablated ones), plateau activations from `acts`."""
+    losses = torch.full((input_ids.numel(),), float("nan"), dtype=dtype, device=resid.device)
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start:start + batch_size].to(resid.device)
+        keep = included[start:start + batch_size].to(resid.device)                  # [B, L]
+        logits = rerun.readout_logits(model, adapter, resid[start:start + batch_size][keep]).to(dtype)
+        batch_losses = losses[start * ids.shape[1]:(start + ids.shape[0]) * ids.shape[1]]
+        batch_losses[keep.reshape(-1)] = cross_entropy(logits, torch.roll(ids, -1, dims=1)[keep])
+    return _Pass(losses, acts.reshape(-1, acts.shape[-1])[:, plateau.to(acts.device)].to(dtype))
+
+
 @torch.no_grad()
 def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig,
                    clean_losses_by_class: dict[str, float] | None, plateau_neurons,
-                   methods=METHODS) -> pl.DataFrame:
+                   methods=METHODS, recorded: CleanRecording | None = None, captured=None) -> pl.DataFrame:
     """Returns head_ablations rows (without run_id/step) for every head and whole layer of the last K layers.
 
     clean_losses_by_class: {token_class: clean mean loss} (eval_losses), the denominator of
     relative_change; None takes it from this function's own clean run. plateau_neurons: the
     neurons of the studied layer whose mean |activation change| is reported (empty: NaN).
+    recorded + captured: the CleanRecording and the ingest's Capture of one clean pass over
+    data.input_ids (ingest/extract.py); without them this function makes its own clean pass.
     """
     n_layers = len(adapters.blocks(model, adapter))
     layers = head_layers(n_layers, config.head_layers)
@@ -156,18 +206,14 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
     plateau = torch.as_tensor(list(plateau_neurons), dtype=torch.long)
     n_heads = adapters.n_heads(model, adapter)
 
-    sums: dict[int, torch.Tensor] = {}
-
-    def accumulate(layer):
-        def hook(_module, inputs):
-            total = inputs[0].to(torch.float64).sum((0, 1))                          # [n_heads * d_head]
-            sums[layer] = sums[layer] + total if layer in sums else total
-        return hook
-
-    with rerun.recording(model, adapter, layers) as calls:
-        clean = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau,
-                     [(adapters.attn_out_module(model, adapter, layer), accumulate(layer)) for layer in layers])
-    means = {layer: total / data.input_ids.numel() for layer, total in sums.items()}   # over every eval position
+    if recorded is None:
+        with recording(model, adapter, config) as recorded:
+            clean = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau)
+    else:
+        clean = _clean_from_capture(model, adapter, captured.resid, captured.acts, data.input_ids,
+                                    data.classes != EXCLUDED, config.batch_size, dtype, plateau)
+    calls = recorded.calls
+    means = {layer: total / data.input_ids.numel() for layer, total in recorded.sums.items()}   # over every eval position
     masks = class_masks(data.classes.reshape(-1).to(device))
     if clean_losses_by_class is None:
         clean_losses_by_class = {name: float(clean.losses[mask].mean()) for name, mask in masks.items()}

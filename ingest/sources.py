@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rtn.errors import RtnError
-from rtn.ingest.gguf_file import find_gguf, read_info
+from rtn.ingest.gguf_file import dequantized_from, find_gguf, read_info
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
@@ -186,7 +186,8 @@ def load_tokenizer(spec: str, revision: str | None = None, gguf_file: str | None
 def weights_format(ref: CheckpointRef) -> tuple[str | None, str | None]:
     """Returns (file format, quantization) of weights dequantized on load: ('gguf', 'Q4_1'); (None, None) otherwise."""
     if not ref.gguf_file:
-        return None, None
+        marker = dequantized_from(Path(ref.source)) if is_local(ref.source) else None   # rtn demo --real's cache
+        return ("gguf", marker["quantization"]) if marker else (None, None)
     return "gguf", read_info(Path(ref.source) / ref.gguf_file).quantization
 
 

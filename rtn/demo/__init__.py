@@ -65,21 +65,25 @@ def _analyze(path: Path, run: str) -> None:
 def real_config(model: Path, corpus: Path, tokens: int = 4096, min_rare: int = 1024, **overrides):
     """Returns the IngestConfig of the real demo: SmolLM2 on the addresses, one checkpoint."""
     from rtn.ingest.config import IngestConfig
-    return IngestConfig(model=str(model), corpus=str(corpus), run=REAL_RUN, tokens=tokens, seq_len=128,
-                        min_rare=min_rare, n_samples=512, **overrides)
+    settings = {"tokens": tokens, "seq_len": 128, "min_rare": min_rare, "n_samples": 512,
+                # float32 ablation arithmetic on CPU too (the default there is float64): half the time, and
+                # tests/acceptance/test_real_model.py holds it to 1e-5 of whole-model float32 re-runs
+                "precision": "float32"}
+    return IngestConfig(model=str(model), corpus=str(corpus), run=REAL_RUN, **(settings | overrides))
 
 
 def run_real_demo(path: Path, tokens: int = 4096, min_rare: int = 1024, use_hub: bool = True, log=print,
                   **overrides) -> None:
     """Builds the real-model warehouse at `path` (SmolLM2-135M on State of the Union addresses) and prints a summary."""
-    from rtn.demo.real import ensure_real_sources
+    from rtn.demo.real import ensure_real_sources, loadable_model
     from rtn.ingest.pipeline import ingest
 
     started = time.perf_counter()
     warehouse.check_writable(Path(path))
     sources = ensure_real_sources(use_hub=use_hub, log=log)
     log(f"model {sources.model} (from {sources.origin}); corpus {sources.corpus}")
-    ingest(real_config(sources.model, sources.corpus, tokens, min_rare, **overrides), path, log=log)
+    model = loadable_model(sources.model, log=log)
+    ingest(real_config(model, sources.corpus, tokens, min_rare, **overrides), path, log=log)
     _analyze(path, REAL_RUN)
     log(real_summary(path))
     log(f"real demo ready in {time.perf_counter() - started:.0f} s. Next:\n"

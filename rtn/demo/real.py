@@ -55,6 +55,15 @@ def ensure_real_sources(cache_dir: Path | None = None, use_hub: bool = True, log
     return RealSources(model, corpus, origin)
 
 
+def loadable_model(model: Path, log=print) -> Path:
+    """Returns the folder the demo ingests: a GGUF's dequantized float32 copy beside it in the cache (made once,
+    provenance kept, see ingest/gguf_file.py), or the hub's folder itself."""
+    if model.suffix != ".gguf":
+        return model
+    from rtn.ingest.gguf_file import dequantize_once
+    return dequantize_once(model, model.parent / "dequantized", log=log)
+
+
 def _cached_model(root: Path) -> Path | None:
     hub = root / HUB_DIR
     if (hub / "config.json").exists() and any(hub.glob("*.safetensors")):

@@ -21,7 +21,7 @@ from rtn.ingest.capture import hooked
 pytestmark = pytest.mark.real
 
 TOKENS, MIN_RARE = 384, 96     # 2 corpus-order windows of 128, ~96 rare targets from a few rare-rich ones
-TOLERANCE = 1e-5               # per mean ΔLoss: fast path (float64 on float32 captures) vs float32 model re-runs
+TOLERANCE = 1e-5               # per mean ΔLoss: the demo's fast path (float32) vs float32 whole-model re-runs
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,13 @@ def test_fast_ablation_equals_whole_model_rerun_on_eight_real_neurons(real):
     ref = sources.resolve_checkpoints(str(found.model))[0]
     model = sources.load_model(ref, torch.float32, torch.device("cpu"))
     assert model.config.tie_word_embeddings and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    # the demo ingested the GGUF's dequantized copy (rtn.demo.real.loadable_model): the same numbers as the GGUF itself
+    if found.model.suffix == ".gguf":
+        copy = sources.load_model(sources.resolve_checkpoints(str(found.model.parent / "dequantized"))[0],
+                                  torch.float32, torch.device("cpu"))
+        assert copy.state_dict().keys() == model.state_dict().keys()
+        assert all(torch.equal(copy.state_dict()[k], v) for k, v in model.state_dict().items())
+        del copy
     rare = fast.filter(fast["token_class"] == "rare").sort(pl.col("delta_loss").abs(), descending=True)
     top = rare["neuron"].head(4).to_list()                          # the 4 most influential on rare targets
     rng = np.random.default_rng(0)

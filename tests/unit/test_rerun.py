@@ -130,3 +130,25 @@ def test_head_ablations_from_the_recorded_residual_equal_whole_model_reruns(fami
     assert largest > 1e-3            # real effects were compared, not zeros
     if studied_layer == 0:           # an ablation after the studied layer cannot move its activations
         assert rows.filter(pl.col("layer") == 1)["plateau_act_change"].max() == 0.0
+
+
+@pytest.mark.parametrize("studied_layer", [-1, 0])
+def test_head_ablations_from_the_ingests_capture_pass_equal_their_own_clean_pass(family, studied_layer):
+    """The ingest records the heads' clean pass during its capture (base model, no logits): same rows."""
+    from rtn.ingest.capture import capture
+    model = tiny_model(family, torch.float64)
+    adapter = adapters.adapter_for(model)
+    data, plateau = _data(), [1, 30, 64]
+    config = IngestConfig(model="tiny", head_layers=2, batch_size=2, precision="float64", layer=studied_layer)
+    own = heads.head_ablations(model, adapter, data, config, None, plateau)
+    with heads.recording(model, adapter, config) as recorded:
+        cap = capture(model, adapter, adapters.resolve_layer(model, adapter, studied_layer), data.input_ids,
+                      config.batch_size, keep_device=True)
+    assert recorded.calls.n_batches() == 3 and sorted(recorded.sums) == [0, 1]
+    shared = heads.head_ablations(model, adapter, data, config, None, plateau, recorded=recorded, captured=cap)
+    keys = ["layer", "head", "method", "token_class"]
+    joined = own.join(shared, on=keys, suffix="_shared")
+    assert joined.height == own.height == shared.height == 2 * 2 * 5 * 3
+    for column in ("delta_loss", "relative_change", "plateau_act_change"):
+        assert (joined[column] - joined[f"{column}_shared"]).abs().max() <= TOL
+    assert joined["delta_loss"].abs().max() > 1e-3        # real effects were compared
