@@ -50,9 +50,9 @@ def _validate(config: IngestConfig) -> None:
     if config.class_by not in ("target", "input"):
         raise RtnError(f"--class-by {config.class_by} is not target or input")
     if config.n_samples < 1:
-        raise RtnError(f"--samples {config.n_samples} is not a positive number of positions")
+        raise RtnError(f"--samples {config.n_samples} is not positive: keep at least 1 position")
     if config.max_documents < 1:
-        raise RtnError(f"--max-documents {config.max_documents} is not a positive number of documents")
+        raise RtnError(f"--max-documents {config.max_documents} is not positive: read at least 1 document")
 
 
 def _existing(path: Path, run_id: str):

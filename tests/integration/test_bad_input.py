@@ -5,6 +5,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 
 from conftest import run_cli, save_checkpoint_family, save_model_folder
 
@@ -38,7 +39,41 @@ def setup(tmp_path_factory):
     tiny_model("gpt_neox", vocab=40).save_pretrained(small)      # model of 40 entries, tokenizer of 97
     save_checkpoint_family(root / "ckpts", steps=(0, 1))
     (root / "not_a_dir").write_text("x")
+    _bad_sources(root, model)
     return root, model, corpus, wh
+
+
+def _truncate(path, by: int = 100) -> None:
+    path.write_bytes(path.read_bytes()[:-by])
+
+
+def _bad_sources(root, model) -> None:
+    """Writes the broken models and corpora the cases below ingest (issue 15, points 4 to 6)."""
+    from conftest import tiny_model
+    save_model_folder(root / "truncated")
+    _truncate(root / "truncated" / "model.safetensors")
+    save_model_folder(root / "truncated_bin")
+    torch.save(tiny_model("gpt_neox").state_dict(), root / "truncated_bin" / "pytorch_model.bin")
+    (root / "truncated_bin" / "model.safetensors").unlink()
+    _truncate(root / "truncated_bin" / "pytorch_model.bin", by=2000)
+    save_checkpoint_family(root / "second_truncated", steps=(0, 1))
+    _truncate(root / "second_truncated" / "step1" / "model.safetensors")
+    save_checkpoint_family(root / "mixed", steps=(0,))
+    save_checkpoint_family(root / "gpt2_ckpt", family="gpt2", steps=(1,))
+    (root / "gpt2_ckpt" / "step1").rename(root / "mixed" / "step1")
+    save_model_folder(root / "gpt2", family="gpt2")
+    save_model_folder(root / "corrupt_config")
+    (root / "corrupt_config" / "config.json").write_text('{"model_type": "gpt_neox", ')
+    save_checkpoint_family(root / "one_step_twice", steps=(1,))
+    (root / "one_step_twice" / "step1").rename(root / "one_step_twice" / "run_a1")
+    save_checkpoint_family(root / "one_step_twice", steps=(1,))
+    (root / "one_step_twice" / "step1").rename(root / "one_step_twice" / "run_b1")
+    for folder in (root / "one_step_twice").iterdir():
+        (folder / "rtn_checkpoint.json").unlink()
+    from conftest import make_corpus_docs
+    docs = make_corpus_docs()
+    (root / "missing_text.jsonl").write_text("\n".join([json.dumps({"text": docs[0]}), json.dumps({"content": docs[1]})]))
+    (root / "numeric_text.jsonl").write_text("\n".join(json.dumps({"text": n}) for n in range(5)))
 
 
 CASES = {
@@ -58,6 +93,30 @@ CASES = {
                                             "head"),
     "same run name, other settings": (lambda r, m, c: ["--model", m, "--corpus", c, "--tokens", 512, "--seq-len", 32],
                                       "already exists"),
+    # issue 15: tracebacks, half-written runs and misleading messages before
+    "truncated safetensors": (lambda r, m, c: ["--model", r / "truncated", "--corpus", c, "--run", "new"],
+                              "model.safetensors is truncated or corrupt (its header describes"),
+    "truncated pytorch_model.bin": (lambda r, m, c: ["--model", r / "truncated_bin", "--corpus", c, "--run", "new"],
+                                    "pytorch_model.bin is truncated or corrupt"),
+    "second checkpoint truncated": (lambda r, m, c: ["--model", r / "second_truncated", "--checkpoints", "all",
+                                                     "--corpus", c, "--run", "new"], "step1/model.safetensors is truncated"),
+    "mixed architectures": (lambda r, m, c: ["--model", r / "mixed", "--checkpoints", "all", "--corpus", c,
+                                             "--run", "new"], "unlike the run's first checkpoint"),
+    "gpt2 seq-len beyond n_positions": (lambda r, m, c: ["--model", r / "gpt2", "--corpus", c, "--seq-len", 65,
+                                                         "--tokens", 130], "--seq-len 65 is longer than the 64 positions"),
+    "neox seq-len beyond max_position_embeddings": (lambda r, m, c: ["--model", m, "--corpus", c, "--seq-len", 65,
+                                                                     "--tokens", 130, "--run", "new"],
+                                                    "--seq-len 65 is longer than the 64 positions"),
+    "negative samples": (lambda r, m, c: ["--model", m, "--corpus", c, "--samples", -1], "--samples -1 is not positive"),
+    "no documents": (lambda r, m, c: ["--model", m, "--corpus", c, "--max-documents", 0, "--run", "new"],
+                     "--max-documents 0 is not positive"),
+    "corrupt config.json": (lambda r, m, c: ["--model", r / "corrupt_config", "--corpus", c], "config.json is corrupt"),
+    "jsonl row without text": (lambda r, m, c: ["--model", m, "--corpus", r / "missing_text.jsonl", "--run", "new"],
+                               "document 2 has no 'text' field (it has content)"),
+    "numeric text": (lambda r, m, c: ["--model", m, "--corpus", r / "numeric_text.jsonl", "--run", "new"],
+                     "document 1's 'text' field is not a string (int 0)"),
+    "two checkpoints of one step": (lambda r, m, c: ["--model", r / "one_step_twice", "--checkpoints", "all",
+                                                     "--corpus", c, "--run", "new"], "both have step 1"),
 }
 
 
@@ -66,7 +125,8 @@ def test_bad_input_is_one_line_and_leaves_the_warehouse_alone(setup, case):
     root, model, corpus, wh = setup
     args, expected = CASES[case]
     before = _digest(wh)
-    proc = run_cli("ingest", *args(root, model, corpus), "--warehouse", wh, check=False)
+    # tiny models have 64 positions: sizes that fit come first, and a case's own flags win (argparse keeps the last)
+    proc = run_cli("ingest", "--tokens", 256, "--seq-len", 32, *args(root, model, corpus), "--warehouse", wh, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("rtn: error: "), proc.stderr
