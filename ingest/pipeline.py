@@ -59,7 +59,7 @@ def _existing(path: Path, run_id: str):
     """Returns (stored run config or None, steps already done) of a run in the warehouse."""
     if not path.exists():
         return None, set()
-    with warehouse.reading(path) as con:
+    with warehouse.reading(path, wait_s=None, notice=_notice) as con:
         tables = {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
         if "runs" not in tables:
             return None, set()

@@ -170,10 +170,11 @@ def load_config(ref: CheckpointRef):
     config_file = Path(ref.source) / "config.json"
     if config_file.is_file():
         try:
-            if not isinstance(json.loads(config_file.read_text()), dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as err:
+            values = json.loads(config_file.read_text())
+        except ValueError as err:     # UnicodeDecodeError is one
             raise RtnError(f"{config_file} is corrupt ({str(err).splitlines()[0]}); save or download the model again") from err
+        if not isinstance(values, dict):
+            raise RtnError(f"{config_file} is corrupt (not a JSON object); save or download the model again")
     try:
         return AutoConfig.from_pretrained(ref.source, **ref.load_kwargs())
     except ValueError as err:  # an unrecognised model_type

@@ -125,12 +125,12 @@ def writing(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 60.0, notice=
 
 
 @contextmanager
-def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 10.0):
-    """Yields a read-only connection, retrying briefly while a writer holds the file."""
+def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 10.0, notice=None):
+    """Yields a read-only connection, retrying briefly while a writer holds the file (as _connect does)."""
     path = Path(path)
     if not path.exists():
         raise RtnError(f"no warehouse at {path}: run `rtn demo` or `rtn ingest` first")
-    con = _connect(path, read_only=True, wait_s=wait_s)
+    con = _connect(path, read_only=True, wait_s=wait_s, notice=notice)
     try:
         yield con
     finally:

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli, save_checkpoint_family, save_model_folder
 
 
