@@ -4,9 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+import duckdb
 import pytest
 import torch
-from conftest import run_cli, save_checkpoint_family, save_model_folder
+from conftest import run_cli, save_checkpoint_family, save_model_folder, table_contents
 
 
 def _digest(path):
@@ -157,3 +158,57 @@ def test_query_refuses_writes_and_reports_sql_errors_in_one_line(setup):
 
 def root_missing(setup):
     return setup[0] / "missing.duckdb"
+
+
+def test_analyze_of_a_missing_warehouse_creates_nothing(tmp_path):
+    proc = run_cli("analyze", "--warehouse", tmp_path / "nope.duckdb", check=False)
+    assert proc.returncode == 2
+    expected = f"rtn: error: no warehouse at {tmp_path / 'nope.duckdb'}: run `rtn demo` or `rtn ingest` first"
+    assert proc.stderr.strip().splitlines() == [expected]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _files_of_at_most(n_bytes: int):
+    """Returns a preexec_fn under which the process can write no file past `n_bytes` (EFBIG: a full disk's effect;
+    Python ignores SIGXFSZ, so the write fails instead of killing it)."""
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+
+
+@pytest.mark.parametrize("command", ["ingest", "analyze"])
+def test_a_full_disk_is_one_line_and_keeps_the_warehouse(setup, tmp_path, command):
+    import shutil
+    _, model, corpus, wh = setup
+    path = tmp_path / "w.duckdb"
+    shutil.copy(wh, path)
+    before = table_contents(path)
+    args = ["--model", model, "--corpus", corpus, "--tokens", 256, "--seq-len", 32, "--run", "more"] \
+        if command == "ingest" else []
+    digest = _digest(path)
+    proc = run_cli(command, *args, "--warehouse", path, check=False, preexec_fn=_files_of_at_most(8192))
+    errors = [line for line in proc.stderr.strip().splitlines() if not line.startswith("ingest more step")]
+    assert proc.returncode == 2
+    assert len(errors) == 1 and errors[0].startswith(f"rtn: error: writing warehouse {path} failed (disk full?)")
+    assert _digest(path) == digest
+    wal = path.with_suffix(".duckdb.wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert table_contents(path) == before
+
+
+def test_a_run_resumes_from_another_folder_and_a_lone_folder_named_gpt2_is_not_step_2(setup, tmp_path):
+    import os
+    root, _, corpus, _ = setup
+    path = tmp_path / "w.duckdb"
+    run_cli("ingest", "--model", "gpt2", "--corpus", corpus.name, "--tokens", 256, "--seq-len", 32,
+            "--warehouse", path, cwd=root)                            # paths as typed, relative to the folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_cli("ingest", "--model", os.path.relpath(root / "gpt2", elsewhere), "--corpus",
+                   os.path.relpath(corpus, elsewhere), "--tokens", 256, "--seq-len", 32, "--warehouse", path,
+                   cwd=elsewhere)
+    assert "run gpt2: all 1 checkpoints already ingested; nothing to do" in proc.stdout
+    con = duckdb.connect(str(path), read_only=True)
+    model, config = con.execute("select model, config from runs where run_id = 'gpt2'").fetchone()
+    assert model == str(root / "gpt2") and json.loads(config)["corpus"] == str(corpus)
+    assert con.execute("select step, source from checkpoints").fetchall() == [(-1, str(root / "gpt2"))]
+    con.close()
