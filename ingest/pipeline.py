@@ -90,7 +90,9 @@ def _absolute(spec: str | None) -> str | None:
 
 def _resolved(config: IngestConfig) -> IngestConfig:
     """Returns `config` with its local paths absolute, so a run resumes from any working directory."""
-    return dataclasses.replace(config, **{name: _absolute(getattr(config, name)) for name in PATH_SETTINGS})
+    keywords = {"final", "all", "synthetic"}     # not paths, whatever the working directory holds
+    return dataclasses.replace(config, **{name: _absolute(getattr(config, name)) for name in PATH_SETTINGS
+                                          if getattr(config, name) not in keywords})
 
 
 def _check_checkpoints(refs: list[sources.CheckpointRef], seq_len: int):

@@ -262,6 +262,9 @@ def load_model(ref: CheckpointRef, dtype, device):
         model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=dtype, **ref.load_kwargs())
     except (OSError, ValueError) as err:
         raise _load_error(ref, err) from err
+    except Exception as err:   # e.g. SafetensorError from a hub file that changed since check_weights could look
+        raise RtnError(f"cannot load the weights of {ref.source}: {type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''}") from err
     return model.to(device).eval()
 
 
