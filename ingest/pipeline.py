@@ -102,7 +102,7 @@ def _check_checkpoints(refs: list[sources.CheckpointRef], seq_len: int):
     for ref in refs:
         model_config = sources.load_config(ref)
         adapter = adapters.adapter_for_type(model_config.model_type)
-        sources.check_weights(ref)
+        sources.check_weights(ref, model_config)
         shape = _shape(model_config)
         if first is None:
             first = (model_config, adapter, shape, ref)

@@ -182,13 +182,17 @@ def load_config(ref: CheckpointRef):
         raise RtnError(f"unknown architecture in {ref.source}: {str(err).splitlines()[0]}") from err
     except OSError as err:
         raise _load_error(ref, err) from err
+    except Exception as err:    # e.g. a field of the wrong type, refused by the config's validation
+        raise RtnError(f"{Path(ref.source) / 'config.json'} is not a usable config ({type(err).__name__}: "
+                       f"{str(err).strip().splitlines()[-1].strip()})") from err
 
 
-def check_weights(ref: CheckpointRef) -> None:
-    """Raises a one-line RtnError when a local checkpoint's weight files are missing, truncated or corrupt (hub files
-    are checked by their download, GGUF files by read_info)."""
+def check_weights(ref: CheckpointRef, model_config) -> None:
+    """Raises a one-line RtnError when a local checkpoint's weight files are missing, truncated, corrupt or of other
+    shapes than its `model_config` says (hub files are checked by their download, GGUF files by read_info)."""
     if not ref.gguf_file and is_local(ref.source):
         weight_files.check_folder(Path(ref.source))
+        weight_files.check_shapes(Path(ref.source), model_config)
 
 
 def _load_error(ref: CheckpointRef, err: Exception) -> RtnError:

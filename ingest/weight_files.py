@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -31,6 +32,35 @@ def check_folder(folder: Path) -> None:
         problem = _safetensors_problem(path) if path.suffix == ".safetensors" else _torch_file_problem(path)
         if problem:
             raise RtnError(f"{path} is truncated or corrupt ({problem}); download or save it again")
+
+
+def check_shapes(folder: Path, model_config) -> None:
+    """Raises a one-line RtnError when a tensor of the folder's safetensors files has another shape than the model its
+    config.json describes (the config and the weights do not belong together); check_folder's checks come first."""
+    expected = _config_shapes(model_config.to_json_string())
+    for path in sorted(folder.glob("*.safetensors")):
+        header = json.loads(_header_bytes(path))
+        for name, tensor in header.items():
+            if name != "__metadata__" and name in expected and tuple(tensor["shape"]) != expected[name]:
+                raise RtnError(f"{path}: {name} has shape {tuple(tensor['shape'])} but {folder / 'config.json'} "
+                               f"makes it {expected[name]}: the config and the weights do not belong together")
+
+
+@functools.lru_cache(maxsize=4)
+def _config_shapes(config_json: str) -> dict[str, tuple[int, ...]]:
+    """Returns name → shape of every parameter of the model a config describes, built on the meta device (no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    values = json.loads(config_json)
+    model_config = AutoConfig.for_model(values.pop("model_type"), **values)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _header_bytes(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(int.from_bytes(f.read(8), "little"))
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -64,6 +64,10 @@ def _bad_sources(root, model) -> None:
     save_model_folder(root / "gpt2", family="gpt2")
     save_model_folder(root / "corrupt_config")
     (root / "corrupt_config" / "config.json").write_text('{"model_type": "gpt_neox", ')
+    for name, field, value in (("config_of_strings", "hidden_size", "abc"), ("config_of_another_model", "hidden_size", 64)):
+        save_model_folder(root / name)
+        cfg = json.loads((root / name / "config.json").read_text())
+        (root / name / "config.json").write_text(json.dumps({**cfg, field: value}))
     save_checkpoint_family(root / "one_step_twice", steps=(1,))
     (root / "one_step_twice" / "step1").rename(root / "one_step_twice" / "run_a1")
     save_checkpoint_family(root / "one_step_twice", steps=(1,))
@@ -111,6 +115,11 @@ CASES = {
     "no documents": (lambda r, m, c: ["--model", m, "--corpus", c, "--max-documents", 0, "--run", "new"],
                      "--max-documents 0 is not positive"),
     "corrupt config.json": (lambda r, m, c: ["--model", r / "corrupt_config", "--corpus", c], "config.json is corrupt"),
+    "config.json with a string for a size": (lambda r, m, c: ["--model", r / "config_of_strings", "--corpus", c],
+                                             "config.json is not a usable config"),
+    "config.json of another model than the weights": (lambda r, m, c: ["--model", r / "config_of_another_model",
+                                                                       "--corpus", c],
+                                                      "the config and the weights do not belong together"),
     "jsonl row without text": (lambda r, m, c: ["--model", m, "--corpus", r / "missing_text.jsonl", "--run", "new"],
                                "document 2 has no 'text' field (it has content)"),
     "numeric text": (lambda r, m, c: ["--model", m, "--corpus", r / "numeric_text.jsonl", "--run", "new"],
