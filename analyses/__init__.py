@@ -43,10 +43,6 @@ def _up_to_date(con, run: str) -> bool:
     return row is not None and list(row[0]) == warehouse.done_steps(con, run) and row[1] == code_version()
 
 
-def _notice(line: str) -> None:
-    print(f"rtn: {line}", file=sys.stderr, flush=True)
-
-
 def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = False) -> dict[str, int]:
     """Recomputes every analysis table for one run (or all runs); returns rows written per table.
 
@@ -75,7 +71,7 @@ def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = 
             for module in tqdm(MODULES, desc=f"analyze {run}", file=sys.stderr, disable=None):
                 results.update(module.compute(copy, run))
         copy.close()
-        with warehouse.writing(path, wait_s=None, notice=_notice) as con:
+        with warehouse.writing(path, wait_s=None, notice=warehouse.notice_on_stderr) as con:
             for table, rows in results.items():
                 warehouse.replace_rows(con, table, rows, run_id=run)
                 written[table] = written.get(table, 0) + rows.height

@@ -59,7 +59,7 @@ def _existing(path: Path, run_id: str):
     """Returns (stored run config or None, steps already done) of a run in the warehouse."""
     if not path.exists():
         return None, set()
-    with warehouse.reading(path, wait_s=None, notice=_notice) as con:
+    with warehouse.reading(path, wait_s=None, notice=warehouse.notice_on_stderr) as con:
         tables = {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
         if "runs" not in tables:
             return None, set()
@@ -220,7 +220,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
         with timer("load"):
             model = sources.load_model(ref, torch.float32, device)
         tables = extract_checkpoint(model, data, config, timer, step=ref.step)
-        with warehouse.writing(path, wait_s=None, notice=_notice) as con:
+        with warehouse.writing(path, wait_s=None, notice=warehouse.notice_on_stderr) as con:
             write_started = time.perf_counter()   # the row that records the stages is written inside this
             _claim_run(con, config, run_rows)
             for table in STEP_TABLES:
@@ -249,10 +249,6 @@ def _tokenizer_source(config: IngestConfig, refs) -> str:
         if (candidate / "tokenizer_config.json").exists() or (candidate / "tokenizer.json").exists():
             return str(candidate)
     raise RtnError(f"no tokenizer found in {last} or {last.parent}; pass --tokenizer PATH")
-
-
-def _notice(line: str) -> None:
-    print(f"rtn: {line}", file=sys.stderr, flush=True)
 
 
 def _claim_run(con, config: IngestConfig, rows: dict[str, pl.DataFrame]) -> None:

@@ -9,6 +9,7 @@ readers (the app, `rtn query`) get in between writes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,11 @@ def check_writable(path: Path) -> None:
 
 
 NOTICE_EVERY_S = 30.0   # how often a writer waiting for the lock says so
+
+
+def notice_on_stderr(line: str) -> None:
+    """Prints a wait notice as one `rtn: ...` line on stderr (stdout stays the command's output)."""
+    print(f"rtn: {line}", file=sys.stderr, flush=True)
 
 
 def _connect(path: Path, read_only: bool, wait_s: float | None, notice=None) -> duckdb.DuckDBPyConnection:

@@ -99,7 +99,7 @@ def test_ingest_waits_for_the_lock_with_a_notice_and_keeps_its_computed_checkpoi
             holder.stdin.close()     # the other process lets go
 
     monkeypatch.setattr(pipeline, "extract_checkpoint", extract_then_lock)
-    monkeypatch.setattr(pipeline, "_notice", notice_then_release)
+    monkeypatch.setattr(warehouse, "notice_on_stderr", notice_then_release)
     monkeypatch.setattr(warehouse, "NOTICE_EVERY_S", 0.3)
     pipeline.ingest(config, path, log=lambda *_: None)
     holder.wait()
