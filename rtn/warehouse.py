@@ -125,7 +125,7 @@ def writing(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 60.0, notice=
                 except duckdb.Error:     # a failed commit has ended the transaction already
                     pass
                 raise
-            con.close()                  # writes the file from the log, which a full disk may refuse too
+            con.close()   # checkpoints the log into the file; where the disk refuses, the log stays and is replayed
     finally:
         con.close()
 
