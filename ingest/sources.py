@@ -184,7 +184,7 @@ def load_config(ref: CheckpointRef):
         raise _load_error(ref, err) from err
     except Exception as err:    # e.g. a field of the wrong type, refused by the config's validation
         raise RtnError(f"{Path(ref.source) / 'config.json'} is not a usable config ({type(err).__name__}: "
-                       f"{str(err).strip().splitlines()[-1].strip()})") from err
+                       f"{(str(err).strip().splitlines() or [''])[-1].strip()})") from err
 
 
 def check_weights(ref: CheckpointRef, model_config) -> None:
