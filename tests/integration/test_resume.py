@@ -70,8 +70,8 @@ def test_killed_ingest_resumes_to_identical_tables(tmp_path, corpus_txt):
                     con.execute("select stage_seconds from checkpoints order by step").fetchall()]
     con.close()
     # a process's first checkpoint pays for lazy imports and warm-ups, the others do not: kill moments reach from
-    # the start past the first checkpoint to about two more, on this machine's own clock
-    window = whole - sum(step_seconds[1:]) + 2 * sum(step_seconds[1:]) / (len(STEPS) - 1)
+    # the start past the first checkpoint to about one more, on this machine's own clock
+    window = whole - sum(step_seconds[1:]) + sum(step_seconds[1:]) / (len(STEPS) - 1)
 
     # A kill lands in starting, loading, computing or writing, and a run needs several kills to finish. One that
     # finishes is checked, and the drill goes on with a new warehouse until KILLS kills have landed.
