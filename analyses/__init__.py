@@ -48,6 +48,8 @@ def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = 
 
     only_stale skips runs whose analyses already cover every ingested step (`rtn demo` re-runs).
     """
+    if not Path(path).is_file():     # analyze never creates a warehouse
+        raise RtnError(f"no warehouse at {path}: run `rtn demo` or `rtn ingest` first")
     warehouse.update_schema(path)   # the views must be this code's before anything is read through them
     with warehouse.reading(path) as con:
         runs = [r[0] for r in con.execute("select run_id from runs order by run_id").fetchall()]
@@ -61,13 +63,15 @@ def run_analyses(path, run_id: str | None = None, log=print, only_stale: bool = 
             if only_stale and _up_to_date(con, run):
                 log(f"analyses of run {run} are up to date; `rtn analyze --run {run}` recomputes them")
                 continue
-            steps = warehouse.done_steps(con, run)
         results = {}
+        copy = warehouse.run_copy(path, run)   # the warehouse is free while the analyses compute
+        steps = warehouse.done_steps(copy, run)
         # Small dense problems: a multi-threaded BLAS only fights over the cores (~100x slower fits here).
-        with warehouse.reading(path) as con, threadpool_limits(limits=1, user_api="blas"):
+        with threadpool_limits(limits=1, user_api="blas"):
             for module in tqdm(MODULES, desc=f"analyze {run}", file=sys.stderr, disable=None):
-                results.update(module.compute(con, run))
-        with warehouse.writing(path) as con:
+                results.update(module.compute(copy, run))
+        copy.close()
+        with warehouse.writing(path, wait_s=None, notice=warehouse.notice_on_stderr) as con:
             for table, rows in results.items():
                 warehouse.replace_rows(con, table, rows, run_id=run)
                 written[table] = written.get(table, 0) + rows.height

@@ -5,7 +5,9 @@ ingest resumes at the first missing checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -47,13 +49,17 @@ def _validate(config: IngestConfig) -> None:
         raise RtnError(f"--min-rare {config.min_rare} must be 0 or more")
     if config.class_by not in ("target", "input"):
         raise RtnError(f"--class-by {config.class_by} is not target or input")
+    if config.n_samples < 1:
+        raise RtnError(f"--samples {config.n_samples} is not positive: keep at least 1 position")
+    if config.max_documents < 1:
+        raise RtnError(f"--max-documents {config.max_documents} is not positive: read at least 1 document")
 
 
 def _existing(path: Path, run_id: str):
     """Returns (stored run config or None, steps already done) of a run in the warehouse."""
     if not path.exists():
         return None, set()
-    with warehouse.reading(path) as con:
+    with warehouse.reading(path, wait_s=None, notice=warehouse.notice_on_stderr) as con:
         tables = {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
         if "runs" not in tables:
             return None, set()
@@ -66,6 +72,7 @@ def _check_same_run(stored: dict | None, config: IngestConfig) -> None:
     if stored is None:
         return
     wanted = config.content()
+    stored = {k: _absolute(v) if k in PATH_SETTINGS else v for k, v in stored.items()}   # runs stored paths as typed
     differing = [k for k in wanted if k != "checkpoints" and stored.get(k) != wanted[k]]
     if differing:
         k = differing[0]
@@ -73,17 +80,67 @@ def _check_same_run(stored: dict | None, config: IngestConfig) -> None:
                        f"pass --run NEW_NAME")
 
 
+PATH_SETTINGS = ("model", "checkpoints", "corpus", "tokenizer", "frequencies")
+
+
+def _absolute(spec: str | None) -> str | None:
+    """Returns an existing local path made absolute (symbolic links kept, so names stay), else `spec` unchanged."""
+    return os.path.abspath(Path(spec).expanduser()) if spec and Path(spec).expanduser().exists() else spec
+
+
+def _resolved(config: IngestConfig) -> IngestConfig:
+    """Returns `config` with its local paths absolute, so a run resumes from any working directory."""
+    keywords = {"final", "all", "synthetic"}     # not paths, whatever the working directory holds
+    return dataclasses.replace(config, **{name: _absolute(getattr(config, name)) for name in PATH_SETTINGS
+                                          if getattr(config, name) not in keywords})
+
+
+def _check_checkpoints(refs: list[sources.CheckpointRef], seq_len: int):
+    """Returns (model config, adapter) of the first checkpoint after checking every checkpoint's config,
+    architecture, shapes, weight files and positions, so bad input is refused before anything is written."""
+    first = None
+    for ref in refs:
+        model_config = sources.load_config(ref)
+        adapter = adapters.adapter_for_type(model_config.model_type)
+        sources.check_weights(ref, model_config)
+        shape = _shape(model_config)
+        if first is None:
+            first = (model_config, adapter, shape, ref)
+        elif shape != first[2]:
+            raise RtnError(f"{ref.source} is a {_describe(shape)} model, unlike the run's first checkpoint "
+                           f"{first[3].source} ({_describe(first[2])})")
+        positions = getattr(model_config, "max_position_embeddings", None)
+        if positions is not None and seq_len > positions:
+            raise RtnError(f"--seq-len {seq_len} is longer than the {positions} positions {ref.source} was built for; "
+                           f"pass --seq-len {positions} or less")
+    return first[0], first[1]
+
+
+def _shape(model_config) -> tuple:
+    """Returns what every checkpoint of a run must share: architecture and sizes."""
+    return (_architecture(model_config), model_config.num_hidden_layers, model_config.hidden_size,
+            _d_mlp(model_config), model_config.vocab_size)
+
+
+def _describe(shape: tuple) -> str:
+    architecture, n_layers, d_model, d_mlp, vocab = shape
+    return f"{architecture} ({n_layers} layers, d_model {d_model}, d_mlp {d_mlp}, vocabulary {vocab})"
+
+
+def _d_mlp(model_config) -> int:
+    return getattr(model_config, "intermediate_size", None) or getattr(model_config, "n_inner", None) \
+        or 4 * model_config.hidden_size
+
+
 def _run_row(config: IngestConfig, model_config, adapter, layer: int, data: corpus.EvalData,
              ref: sources.CheckpointRef) -> pl.DataFrame:
     weights_format, quantization = sources.weights_format(ref)
     rank_min, rank_max = config.rare_rank_band() or (None, None)
-    d_mlp = getattr(model_config, "intermediate_size", None) or getattr(model_config, "n_inner", None) \
-        or 4 * model_config.hidden_size
     return pl.DataFrame([{
         "run_id": config.run_id(), "model": config.model, "family": adapter.family,
         "weights_format": weights_format, "quantization": quantization,
         "architecture": _architecture(model_config),
-        "n_layers": model_config.num_hidden_layers, "d_model": model_config.hidden_size, "d_mlp": d_mlp,
+        "n_layers": model_config.num_hidden_layers, "d_model": model_config.hidden_size, "d_mlp": _d_mlp(model_config),
         "vocab_size": model_config.vocab_size, "corpus_id": data.corpus_row["corpus_id"][0],
         "n_eval_tokens": data.input_ids.numel(), "seq_len": config.seq_len, "layer": layer, "seed": config.seed,
         "rare_threshold": config.rare_threshold, "exclude_below_elbow": config.exclude_below_elbow,
@@ -116,6 +173,7 @@ def _class_counts_line(run_id: str, data: corpus.EvalData, min_rare: int) -> str
 def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     """Ingests every checkpoint of `config` into the warehouse at `path`; returns a summary."""
     path = Path(path)
+    config = _resolved(config)
     _validate(config)
     warehouse.check_writable(path)
     device = sources.pick_device(config.device)
@@ -126,8 +184,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     if sources.is_local(corpus_spec):
         sources.corpus_files(corpus_spec)   # a missing corpus is named before anything else is loaded
     refs = sources.resolve_checkpoints(config.model, config.checkpoints)
-    model_config = sources.load_config(refs[0])
-    adapter = adapters.adapter_for_type(model_config.model_type)
+    model_config, adapter = _check_checkpoints(refs, config.seq_len)
     n_layers = model_config.num_hidden_layers
     layer = adapters.check_layer(config.layer, n_layers)
     if layer != n_layers - 1:
@@ -152,7 +209,7 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
 
     data = corpus.prepare(config, corpus_spec, tokenizer, model_config.vocab_size)
     log(_class_counts_line(run_id, data, config.min_rare))
-    run_rows = None if stored else {
+    run_rows = {
         "runs": _run_row(config, model_config, adapter, layer, data, refs[0]), "corpora": data.corpus_row,
         "token_frequencies": data.frequencies, "eval_tokens": data.eval_tokens(),
         "activation_sample_positions": data.sample_positions(),
@@ -162,14 +219,10 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
         timer = StageTimer(f"ingest {run_id} step {ref.step}")   # one line per stage where tqdm is silent
         with timer("load"):
             model = sources.load_model(ref, torch.float32, device)
-            if adapters.adapter_for(model) != adapter:
-                raise RtnError(f"{ref.source} is a {model.config.model_type} model, unlike the run's first checkpoint")
         tables = extract_checkpoint(model, data, config, timer, step=ref.step)
-        with warehouse.writing(path) as con:
+        with warehouse.writing(path, wait_s=None, notice=warehouse.notice_on_stderr) as con:
             write_started = time.perf_counter()   # the row that records the stages is written inside this
-            if run_rows is not None:
-                _write_run(con, run_id, run_rows)
-                run_rows = None
+            _claim_run(con, config, run_rows)
             for table in STEP_TABLES:
                 rows = tables.get(table, pl.DataFrame())
                 if rows.height:
@@ -196,6 +249,15 @@ def _tokenizer_source(config: IngestConfig, refs) -> str:
         if (candidate / "tokenizer_config.json").exists() or (candidate / "tokenizer.json").exists():
             return str(candidate)
     raise RtnError(f"no tokenizer found in {last} or {last.parent}; pass --tokenizer PATH")
+
+
+def _claim_run(con, config: IngestConfig, rows: dict[str, pl.DataFrame]) -> None:
+    """Writes the run's rows unless the warehouse holds the run already, checked inside the write transaction: an
+    ingest of the same run with other settings that committed since this one started is refused, nothing written."""
+    stored = con.execute("select config from runs where run_id = ?", [config.run_id()]).fetchone()
+    _check_same_run(json.loads(stored[0]) if stored else None, config)
+    if stored is None:
+        _write_run(con, config.run_id(), rows)
 
 
 def _write_run(con, run_id: str, rows: dict[str, pl.DataFrame]) -> None:

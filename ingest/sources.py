@@ -5,12 +5,15 @@ Every failure is turned into a one-line RtnError that says what to do.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from rtn.errors import RtnError
+from rtn.ingest import weight_files
 from rtn.ingest.gguf_file import dequantized_from, find_gguf, read_info
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -43,29 +46,41 @@ def _has_weights(folder: Path) -> bool:
     return any((folder / name).exists() for name in WEIGHT_FILES) or any(folder.glob("model-*.safetensors"))
 
 
-def _step_of(name: str | None, folder: Path | None = None) -> int:
+def _step_of(name: str | None, folder: Path | None = None, trailing_digits: bool = False) -> int:
+    """Returns a checkpoint's training step: its rtn_checkpoint.json's, a `stepN` revision's N, or (for the children
+    of a checkpoints folder, `trailing_digits`) the number its name ends with; -1 when nothing says."""
     if folder is not None and (folder / "rtn_checkpoint.json").exists():
-        return int(json.loads((folder / "rtn_checkpoint.json").read_text())["step"])
-    match = re.search(r"(\d+)$", name or "")
-    return int(match.group(1)) if match else -1
+        return int(_checkpoint_meta(folder)["step"])
+    match = re.fullmatch(r"step(\d+)", name or "") or (trailing_digits and re.search(r"(\d+)$", name or ""))
+    return int(match.group(1)) if match else -1   # a lone folder named gpt2 is not step 2
+
+
+def _checkpoint_meta(folder: Path) -> dict:
+    meta = folder / "rtn_checkpoint.json"
+    try:
+        values = json.loads(meta.read_text())
+        int(values["step"])
+        return values
+    except (ValueError, KeyError, TypeError) as err:
+        raise RtnError(f"{meta} is corrupt: it must be JSON with an integer 'step'") from err
 
 
 def _tokens_seen(folder: Path) -> int | None:
-    meta = folder / "rtn_checkpoint.json"
-    return json.loads(meta.read_text()).get("tokens_seen") if meta.exists() else None
+    return _checkpoint_meta(folder).get("tokens_seen") if (folder / "rtn_checkpoint.json").exists() else None
 
 
-def _local_ref(folder: Path) -> CheckpointRef:
+def _local_ref(folder: Path, in_checkpoints_folder: bool = False) -> CheckpointRef:
     if not (folder / "config.json").exists():
         raise RtnError(f"{folder} has no config.json: pass a save_pretrained model folder")
     if not _has_weights(folder):
         raise RtnError(f"{folder} has no model weights ({' or '.join(WEIGHT_FILES[:2])})")
-    return CheckpointRef(_step_of(folder.name, folder), folder.name, str(folder), _tokens_seen(folder))
+    step = _step_of(folder.name, folder, trailing_digits=in_checkpoints_folder)
+    return CheckpointRef(step, folder.name, os.path.abspath(folder), _tokens_seen(folder))
 
 
 def _checkpoint_folders(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and (p / "config.json").exists()),
-                  key=lambda p: (_step_of(p.name, p), p.name))
+                  key=lambda p: (_step_of(p.name, p, trailing_digits=True), p.name))
 
 
 def _pick(refs: list[CheckpointRef], spec: str, where: str) -> list[CheckpointRef]:
@@ -90,7 +105,7 @@ def resolve_checkpoints(model: str, spec: str = "final") -> list[CheckpointRef]:
         folders = _checkpoint_folders(Path(spec))
         if not folders:
             raise RtnError(f"checkpoint folder {spec} holds no model folders (with config.json)")
-        return sorted((_local_ref(f) for f in folders), key=lambda r: r.step)
+        return _distinct_steps(sorted((_local_ref(f, True) for f in folders), key=lambda r: r.step), spec)
     if is_local(model):
         folder = Path(model).expanduser()
         if not folder.exists():
@@ -100,7 +115,7 @@ def resolve_checkpoints(model: str, spec: str = "final") -> list[CheckpointRef]:
             if spec not in ("final", "all"):
                 raise RtnError(f"unknown revision {spec!r}: {model} is a single GGUF checkpoint (use --checkpoints final)")
             read_info(gguf)     # a truncated or foreign file is named before transformers tries it
-            return [CheckpointRef(-1, gguf.name, str(gguf.parent), None, gguf_file=gguf.name)]
+            return [CheckpointRef(-1, gguf.name, os.path.abspath(gguf.parent), None, gguf_file=gguf.name)]
         if (folder / "config.json").exists():
             if spec not in ("final", "all"):
                 raise RtnError(f"unknown revision {spec!r}: {model} is a single checkpoint (use --checkpoints final)")
@@ -108,7 +123,8 @@ def resolve_checkpoints(model: str, spec: str = "final") -> list[CheckpointRef]:
         folders = _checkpoint_folders(folder)
         if not folders:
             raise RtnError(f"{model} is neither a model folder (config.json) nor a folder of checkpoint folders")
-        return sorted(_pick([_local_ref(f) for f in folders], spec, model), key=lambda r: r.step)
+        return _distinct_steps(sorted(_pick([_local_ref(f, True) for f in folders], spec, model), key=lambda r: r.step),
+                               model)
     return _hub_checkpoints(model, spec)
 
 
@@ -124,7 +140,17 @@ def _hub_checkpoints(model: str, spec: str) -> list[CheckpointRef]:
         revisions = branches or ["main"]
     else:
         revisions = [name.strip() for name in spec.split(",") if name.strip()]
-    return sorted((CheckpointRef(_step_of(r), r, model, None) for r in revisions), key=lambda r: r.step)
+    return _distinct_steps(sorted((CheckpointRef(_step_of(r), r, model, None) for r in revisions), key=lambda r: r.step),
+                           model)
+
+
+def _distinct_steps(refs: list[CheckpointRef], where: str) -> list[CheckpointRef]:
+    """Returns `refs`, or raises RtnError when two of them claim one step (one would overwrite the other's rows)."""
+    for before, after in itertools.pairwise(refs):
+        if before.step == after.step:
+            raise RtnError(f"{where}: checkpoints {before.revision} and {after.revision} both have step {before.step}; "
+                           f"name them stepN or give each an rtn_checkpoint.json")
+    return refs
 
 
 def pick_device(name: str):
@@ -142,12 +168,31 @@ def pick_device(name: str):
 def load_config(ref: CheckpointRef):
     """Returns the model config of a checkpoint (raises RtnError when it cannot be had)."""
     from transformers import AutoConfig
+    config_file = Path(ref.source) / "config.json"
+    if config_file.is_file():
+        try:
+            values = json.loads(config_file.read_text())
+        except ValueError as err:     # UnicodeDecodeError is one
+            raise RtnError(f"{config_file} is corrupt ({str(err).splitlines()[0]}); save or download the model again") from err
+        if not isinstance(values, dict):
+            raise RtnError(f"{config_file} is corrupt (not a JSON object); save or download the model again")
     try:
         return AutoConfig.from_pretrained(ref.source, **ref.load_kwargs())
     except ValueError as err:  # an unrecognised model_type
         raise RtnError(f"unknown architecture in {ref.source}: {str(err).splitlines()[0]}") from err
     except OSError as err:
         raise _load_error(ref, err) from err
+    except Exception as err:    # e.g. a field of the wrong type, refused by the config's validation
+        raise RtnError(f"{Path(ref.source) / 'config.json'} is not a usable config ({type(err).__name__}: "
+                       f"{(str(err).strip().splitlines() or [''])[-1].strip()})") from err
+
+
+def check_weights(ref: CheckpointRef, model_config) -> None:
+    """Raises a one-line RtnError when a local checkpoint's weight files are missing, truncated, corrupt or of other
+    shapes than its `model_config` says (hub files are checked by their download, GGUF files by read_info)."""
+    if not ref.gguf_file and is_local(ref.source):
+        weight_files.check_folder(Path(ref.source))
+        weight_files.check_shapes(Path(ref.source), model_config)
 
 
 def _load_error(ref: CheckpointRef, err: Exception) -> RtnError:
@@ -168,6 +213,9 @@ def load_model(ref: CheckpointRef, dtype, device):
         model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=dtype, **ref.load_kwargs())
     except (OSError, ValueError) as err:
         raise _load_error(ref, err) from err
+    except Exception as err:   # e.g. SafetensorError from a hub file that changed since check_weights could look
+        raise RtnError(f"cannot load the weights of {ref.source}: {type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''}") from err
     return model.to(device).eval()
 
 
@@ -222,10 +270,15 @@ def load_documents(spec: str, max_documents: int):
             name, config, split = (spec.split(":") + [None, None])[:3]
             rows = datasets.load_dataset(name, config, split=split or "train", streaming=True)
         documents = []
-        for row in rows:
+        for number, row in enumerate(rows, start=1):
             text = row.get("text")
-            if text is None:
-                raise RtnError(f"corpus {spec} has no 'text' field (it has {', '.join(row)})")
+            if text is None:    # a column missing from some rows reads as None there
+                present = [name for name, value in row.items() if value is not None]
+                raise RtnError(f"corpus {spec}: document {number} has no 'text' field"
+                               f" (it has {', '.join(present) or 'nothing'})")
+            if not isinstance(text, str):
+                raise RtnError(f"corpus {spec}: document {number}'s 'text' field is not a string "
+                               f"({type(text).__name__} {str(text)[:40]})")
             if text.strip():
                 documents.append(text)
             if len(documents) >= max_documents:

@@ -9,6 +9,7 @@ readers (the app, `rtn query`) get in between writes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,14 +34,29 @@ def check_writable(path: Path) -> None:
         raise RtnError(f"cannot create warehouse {path}: folder {parent} is missing or not writable")
 
 
-def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
-    deadline = time.monotonic() + wait_s
+NOTICE_EVERY_S = 30.0   # how often a writer waiting for the lock says so
+
+
+def notice_on_stderr(line: str) -> None:
+    """Prints a wait notice as one `rtn: ...` line on stderr (stdout stays the command's output)."""
+    print(f"rtn: {line}", file=sys.stderr, flush=True)
+
+
+def _connect(path: Path, read_only: bool, wait_s: float | None, notice=None) -> duckdb.DuckDBPyConnection:
+    """Opens the warehouse, waiting up to `wait_s` seconds (None: as long as it takes) while another process holds
+    the lock; `notice(line)` hears about a wait every NOTICE_EVERY_S seconds."""
+    started = time.monotonic()
+    noticed = started
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as err:  # another process holds the write lock
-            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if "lock" not in str(err).lower() or (wait_s is not None and waited > wait_s):
                 raise RtnError(f"warehouse {path} is busy or unreadable: {str(err).splitlines()[0]}") from err
+            if notice is not None and time.monotonic() - noticed >= NOTICE_EVERY_S:
+                notice(f"warehouse {path} is locked by another process; waiting ({waited:.0f} s so far)")
+                noticed = time.monotonic()
             time.sleep(0.05)
 
 
@@ -71,40 +87,83 @@ def update_schema(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 60.0) -> None:
     check_writable(Path(path))
     con = _connect(Path(path), read_only=False, wait_s=wait_s)
     try:
-        _apply_schema(con)
+        with _write_failures_in_one_line(path):
+            _apply_schema(con)
+            con.close()
     finally:
         con.close()
 
 
 @contextmanager
-def writing(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 60.0):
-    """Yields a write connection inside one transaction; commits on success, rolls back on error."""
-    check_writable(Path(path))
-    con = _connect(Path(path), read_only=False, wait_s=wait_s)
+def _write_failures_in_one_line(path: Path):
+    """Turns a write the file system refused (a full disk) into a one-line RtnError; DuckDB has rolled it back."""
     try:
-        _apply_schema(con)
-        con.execute("begin transaction")
-        try:
-            yield con
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
+        yield
+    except (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException) as err:
+        raise RtnError(f"writing warehouse {path} failed (disk full?); what it held before is kept: "
+                       f"{str(err).splitlines()[0]}") from err
+
+
+@contextmanager
+def writing(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 60.0, notice=None):
+    """Yields a write connection inside one transaction; commits on success, rolls back on error.
+
+    Waits for the lock as _connect does; a write the disk refuses raises a one-line RtnError.
+    """
+    check_writable(Path(path))
+    con = _connect(Path(path), read_only=False, wait_s=wait_s, notice=notice)
+    try:
+        with _write_failures_in_one_line(path):
+            _apply_schema(con)
+            con.execute("begin transaction")
+            try:
+                yield con
+                con.execute("commit")
+            except BaseException:
+                try:
+                    con.execute("rollback")
+                except duckdb.Error:     # a failed commit has ended the transaction already
+                    pass
+                raise
+            con.close()   # checkpoints the log into the file; where the disk refuses, the log stays and is replayed
     finally:
         con.close()
 
 
 @contextmanager
-def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float = 10.0):
-    """Yields a read-only connection, retrying briefly while a writer holds the file."""
+def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 10.0, notice=None):
+    """Yields a read-only connection, retrying briefly while a writer holds the file (as _connect does)."""
     path = Path(path)
     if not path.exists():
         raise RtnError(f"no warehouse at {path}: run `rtn demo` or `rtn ingest` first")
-    con = _connect(path, read_only=True, wait_s=wait_s)
+    con = _connect(path, read_only=True, wait_s=wait_s, notice=notice)
     try:
         yield con
     finally:
         con.close()
+
+
+def run_copy(path: Path, run_id: str) -> duckdb.DuckDBPyConnection:
+    """Returns an in-memory DuckDB holding one run's rows of every table (its corpus's for corpus tables) and every
+    view: computations that take minutes read it instead of holding the warehouse's lock, so ingests get in."""
+    copy = duckdb.connect()
+    sql.create_tables(copy)
+    with reading(path) as con:
+        corpus = con.execute("select corpus_id from runs where run_id = ?", [run_id]).fetchone()
+        for table in sql.table_files():
+            columns = {row[0] for row in con.execute(f"describe {table}").fetchall()}
+            if "run_id" in columns:
+                rows = con.sql(f"select * from {table} where run_id = ?", params=[run_id]).to_arrow_table()
+            elif "corpus_id" in columns and corpus is not None:
+                rows = con.sql(f"select * from {table} where corpus_id = ?", params=[corpus[0]]).to_arrow_table()
+            else:
+                continue
+            copy.register("_rows", rows)
+            names = ", ".join(f'"{name}"' for name in rows.column_names)
+            copy.execute(f"insert into {table} ({names}) select {names} from _rows")
+            copy.unregister("_rows")
+    sql.apply_views(copy)
+    return copy
 
 
 def replace_rows(con, table: str, rows: pl.DataFrame, **key) -> None:

@@ -11,11 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
 import rtn_wheel
-from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                          LlamaConfig, LlamaForCausalLM)
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 VOCAB = 97        # odd on purpose: nothing may assume a multiple of a block size
 
@@ -108,11 +106,12 @@ def save_checkpoint_family(root, family: str = "gpt_neox", steps=(0, 1, 2, 4)):
     return root
 
 
-def run_cli(*args, check=True):
-    """Runs `rtn ARGS` in a subprocess; returns the CompletedProcess."""
+def run_cli(*args, check=True, cwd=None, preexec_fn=None):
+    """Runs `rtn ARGS` in a subprocess (in folder `cwd`, calling `preexec_fn` first there); returns the CompletedProcess."""
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-m", "rtn.cli", *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "rtn.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          preexec_fn=preexec_fn, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"rtn {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
     return proc

@@ -4,9 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+import duckdb
 import pytest
-
-from conftest import run_cli, save_checkpoint_family, save_model_folder
+import torch
+from conftest import run_cli, save_checkpoint_family, save_model_folder, table_contents
 
 
 def _digest(path):
@@ -38,7 +39,45 @@ def setup(tmp_path_factory):
     tiny_model("gpt_neox", vocab=40).save_pretrained(small)      # model of 40 entries, tokenizer of 97
     save_checkpoint_family(root / "ckpts", steps=(0, 1))
     (root / "not_a_dir").write_text("x")
+    _bad_sources(root, model)
     return root, model, corpus, wh
+
+
+def _truncate(path, by: int = 100) -> None:
+    path.write_bytes(path.read_bytes()[:-by])
+
+
+def _bad_sources(root, model) -> None:
+    """Writes the broken models and corpora the cases below ingest (issue 15, points 4 to 6)."""
+    from conftest import tiny_model
+    save_model_folder(root / "truncated")
+    _truncate(root / "truncated" / "model.safetensors")
+    save_model_folder(root / "truncated_bin")
+    torch.save(tiny_model("gpt_neox").state_dict(), root / "truncated_bin" / "pytorch_model.bin")
+    (root / "truncated_bin" / "model.safetensors").unlink()
+    _truncate(root / "truncated_bin" / "pytorch_model.bin", by=2000)
+    save_checkpoint_family(root / "second_truncated", steps=(0, 1))
+    _truncate(root / "second_truncated" / "step1" / "model.safetensors")
+    save_checkpoint_family(root / "mixed", steps=(0,))
+    save_checkpoint_family(root / "gpt2_ckpt", family="gpt2", steps=(1,))
+    (root / "gpt2_ckpt" / "step1").rename(root / "mixed" / "step1")
+    save_model_folder(root / "gpt2", family="gpt2")
+    save_model_folder(root / "corrupt_config")
+    (root / "corrupt_config" / "config.json").write_text('{"model_type": "gpt_neox", ')
+    for name, field, value in (("config_of_strings", "hidden_size", "abc"), ("config_of_another_model", "hidden_size", 64)):
+        save_model_folder(root / name)
+        cfg = json.loads((root / name / "config.json").read_text())
+        (root / name / "config.json").write_text(json.dumps({**cfg, field: value}))
+    save_checkpoint_family(root / "one_step_twice", steps=(1,))
+    (root / "one_step_twice" / "step1").rename(root / "one_step_twice" / "run_a1")
+    save_checkpoint_family(root / "one_step_twice", steps=(1,))
+    (root / "one_step_twice" / "step1").rename(root / "one_step_twice" / "run_b1")
+    for folder in (root / "one_step_twice").iterdir():
+        (folder / "rtn_checkpoint.json").unlink()
+    from conftest import make_corpus_docs
+    docs = make_corpus_docs()
+    (root / "missing_text.jsonl").write_text("\n".join([json.dumps({"text": docs[0]}), json.dumps({"content": docs[1]})]))
+    (root / "numeric_text.jsonl").write_text("\n".join(json.dumps({"text": n}) for n in range(5)))
 
 
 CASES = {
@@ -58,6 +97,35 @@ CASES = {
                                             "head"),
     "same run name, other settings": (lambda r, m, c: ["--model", m, "--corpus", c, "--tokens", 512, "--seq-len", 32],
                                       "already exists"),
+    # issue 15: tracebacks, half-written runs and misleading messages before
+    "truncated safetensors": (lambda r, m, c: ["--model", r / "truncated", "--corpus", c, "--run", "new"],
+                              "model.safetensors is truncated or corrupt (its header describes"),
+    "truncated pytorch_model.bin": (lambda r, m, c: ["--model", r / "truncated_bin", "--corpus", c, "--run", "new"],
+                                    "pytorch_model.bin is truncated or corrupt"),
+    "second checkpoint truncated": (lambda r, m, c: ["--model", r / "second_truncated", "--checkpoints", "all",
+                                                     "--corpus", c, "--run", "new"], "step1/model.safetensors is truncated"),
+    "mixed architectures": (lambda r, m, c: ["--model", r / "mixed", "--checkpoints", "all", "--corpus", c,
+                                             "--run", "new"], "unlike the run's first checkpoint"),
+    "gpt2 seq-len beyond n_positions": (lambda r, m, c: ["--model", r / "gpt2", "--corpus", c, "--seq-len", 65,
+                                                         "--tokens", 130], "--seq-len 65 is longer than the 64 positions"),
+    "neox seq-len beyond max_position_embeddings": (lambda r, m, c: ["--model", m, "--corpus", c, "--seq-len", 65,
+                                                                     "--tokens", 130, "--run", "new"],
+                                                    "--seq-len 65 is longer than the 64 positions"),
+    "negative samples": (lambda r, m, c: ["--model", m, "--corpus", c, "--samples", -1], "--samples -1 is not positive"),
+    "no documents": (lambda r, m, c: ["--model", m, "--corpus", c, "--max-documents", 0, "--run", "new"],
+                     "--max-documents 0 is not positive"),
+    "corrupt config.json": (lambda r, m, c: ["--model", r / "corrupt_config", "--corpus", c], "config.json is corrupt"),
+    "config.json with a string for a size": (lambda r, m, c: ["--model", r / "config_of_strings", "--corpus", c],
+                                             "config.json is not a usable config"),
+    "config.json of another model than the weights": (lambda r, m, c: ["--model", r / "config_of_another_model",
+                                                                       "--corpus", c],
+                                                      "the config and the weights do not belong together"),
+    "jsonl row without text": (lambda r, m, c: ["--model", m, "--corpus", r / "missing_text.jsonl", "--run", "new"],
+                               "document 2 has no 'text' field (it has content)"),
+    "numeric text": (lambda r, m, c: ["--model", m, "--corpus", r / "numeric_text.jsonl", "--run", "new"],
+                     "document 1's 'text' field is not a string (int 0)"),
+    "two checkpoints of one step": (lambda r, m, c: ["--model", r / "one_step_twice", "--checkpoints", "all",
+                                                     "--corpus", c, "--run", "new"], "both have step 1"),
 }
 
 
@@ -66,7 +134,8 @@ def test_bad_input_is_one_line_and_leaves_the_warehouse_alone(setup, case):
     root, model, corpus, wh = setup
     args, expected = CASES[case]
     before = _digest(wh)
-    proc = run_cli("ingest", *args(root, model, corpus), "--warehouse", wh, check=False)
+    # tiny models have 64 positions: sizes that fit come first, and a case's own flags win (argparse keeps the last)
+    proc = run_cli("ingest", "--tokens", 256, "--seq-len", 32, *args(root, model, corpus), "--warehouse", wh, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("rtn: error: "), proc.stderr
@@ -98,3 +167,57 @@ def test_query_refuses_writes_and_reports_sql_errors_in_one_line(setup):
 
 def root_missing(setup):
     return setup[0] / "missing.duckdb"
+
+
+def test_analyze_of_a_missing_warehouse_creates_nothing(tmp_path):
+    proc = run_cli("analyze", "--warehouse", tmp_path / "nope.duckdb", check=False)
+    assert proc.returncode == 2
+    expected = f"rtn: error: no warehouse at {tmp_path / 'nope.duckdb'}: run `rtn demo` or `rtn ingest` first"
+    assert proc.stderr.strip().splitlines() == [expected]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _files_of_at_most(n_bytes: int):
+    """Returns a preexec_fn under which the process can write no file past `n_bytes` (EFBIG: a full disk's effect;
+    Python ignores SIGXFSZ, so the write fails instead of killing it)."""
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+
+
+@pytest.mark.parametrize("command", ["ingest", "analyze"])
+def test_a_full_disk_is_one_line_and_keeps_the_warehouse(setup, tmp_path, command):
+    import shutil
+    _, model, corpus, wh = setup
+    path = tmp_path / "w.duckdb"
+    shutil.copy(wh, path)
+    before = table_contents(path)
+    args = ["--model", model, "--corpus", corpus, "--tokens", 256, "--seq-len", 32, "--run", "more"] \
+        if command == "ingest" else []
+    digest = _digest(path)
+    proc = run_cli(command, *args, "--warehouse", path, check=False, preexec_fn=_files_of_at_most(8192))
+    errors = [line for line in proc.stderr.strip().splitlines() if not line.startswith("ingest more step")]
+    assert proc.returncode == 2
+    assert len(errors) == 1 and errors[0].startswith(f"rtn: error: writing warehouse {path} failed (disk full?)")
+    assert _digest(path) == digest
+    wal = path.with_suffix(".duckdb.wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert table_contents(path) == before
+
+
+def test_a_run_resumes_from_another_folder_and_a_lone_folder_named_gpt2_is_not_step_2(setup, tmp_path):
+    import os
+    root, _, corpus, _ = setup
+    path = tmp_path / "w.duckdb"
+    run_cli("ingest", "--model", "gpt2", "--corpus", corpus.name, "--tokens", 256, "--seq-len", 32,
+            "--warehouse", path, cwd=root)                            # paths as typed, relative to the folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_cli("ingest", "--model", os.path.relpath(root / "gpt2", elsewhere), "--corpus",
+                   os.path.relpath(corpus, elsewhere), "--tokens", 256, "--seq-len", 32, "--warehouse", path,
+                   cwd=elsewhere)
+    assert "run gpt2: all 1 checkpoints already ingested; nothing to do" in proc.stdout
+    con = duckdb.connect(str(path), read_only=True)
+    model, config = con.execute("select model, config from runs where run_id = 'gpt2'").fetchone()
+    assert model == str(root / "gpt2") and json.loads(config)["corpus"] == str(corpus)
+    assert con.execute("select step, source from checkpoints").fetchall() == [(-1, str(root / "gpt2"))]
+    con.close()
