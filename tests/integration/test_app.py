@@ -223,6 +223,43 @@ def test_sql_box_refuses_writes_and_leaves_the_warehouse_unchanged(filled_wareho
     assert not (tmp_path / "runs_copy.csv").exists()
 
 
+@pytest.mark.parametrize("statement", ["select content from read_text('/etc/hostname')", "select * from glob('/*')",
+                                       "select * from read_csv('corpus.csv')", "select * from read_parquet('local.parquet')",
+                                       "select * from read_csv('https://example.com/x.csv')"])
+def test_sql_box_reads_no_file_or_url(filled_warehouse, monkeypatch, tmp_path, statement):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.csv").write_text("secret\n42\n")
+    duckdb.sql("copy (select 42 as secret) to 'local.parquet' (format parquet)")
+    at = open_page("SQL", filled_warehouse, monkeypatch)
+    at.text_area(key="sql").set_value(statement).run()
+    assert not at.exception and not at.dataframe
+    assert "Query failed: Permission Error" in at.error[0].value and "disabled by configuration" in at.error[0].value
+
+
+def test_sql_box_stops_a_long_query_and_caps_rows(filled_warehouse, monkeypatch):
+    monkeypatch.setenv("RTN_QUERY_TIMEOUT", "1")
+    monkeypatch.setenv("RTN_MAX_ROWS", "300")
+    at = open_page("SQL", filled_warehouse, monkeypatch)
+    started = time.perf_counter()
+    at.text_area(key="sql").set_value("select count(*) from range(10000000000)").run()   # minutes without the limit
+    assert time.perf_counter() - started < 10
+    assert at.error[0].value == "Query stopped after the time limit of 1 s" and not at.dataframe
+    at.text_area(key="sql").set_value("select * from range(1000)").run()
+    assert len(at.dataframe[0].value) == 300
+    assert "first 300 rows" in at.warning[0].value and at.get("download_button")
+
+
+def test_sql_box_shows_and_downloads_nested_blob_and_interval_columns(filled_warehouse, monkeypatch):
+    at = open_page("SQL", filled_warehouse, monkeypatch)
+    at.text_area(key="sql").set_value("select 1 as first; select neuron, w_in, w_out, '\\xAA'::blob as raw, "
+                                      "interval '2 days' as span from neuron_weights limit 3").run()
+    assert not at.exception and not at.error
+    shown = at.dataframe[0].value
+    assert len(shown) == 3 and list(shown["raw"]) == ["aa"] * 3 and list(shown["span"]) == ["P2D"] * 3
+    assert "2 statements ran; only the last one's result is shown" in at.info[0].value
+    assert at.get("download_button")
+
+
 @pytest.mark.parametrize("state", ["missing", "empty"])
 def test_missing_or_empty_warehouse_says_how_to_fill_it(tmp_path, monkeypatch, state):
     path = tmp_path / "w.duckdb"
