@@ -18,7 +18,6 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-
 from conftest import FILLED_RUN, filled_corpus, save_checkpoint_family, table_contents
 
 APP = Path(__file__).resolve().parents[2] / "app.py"

@@ -5,7 +5,6 @@ import hashlib
 import json
 
 import pytest
-
 from conftest import run_cli, save_checkpoint_family, save_model_folder
 
 
