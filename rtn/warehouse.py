@@ -152,6 +152,7 @@ def read(query: str, warehouse: Path | str = DEFAULT_WAREHOUSE, params: list | N
     text = query.strip()
     if " " not in text:  # a bare view or table name
         text = f"select * from {text}"
+    read_only_statements(text)   # read-only means nothing written anywhere, as for `rtn query`
     with reading(Path(warehouse)) as con:
         return frame(con, text, params)
 

@@ -223,7 +223,7 @@ def test_a_query_past_the_time_limit_is_stopped(folder):
     with warehouse.reading(folder / "warehouse.duckdb", files=False) as con:
         started = time.perf_counter()
         with pytest.raises(RtnError, match="stopped after the time limit of 1 s"):
-            warehouse.run_read_only(con, "select count(*) from range(10000000000)", timeout_s=1)   # minutes uncapped
+            warehouse.run_read_only(con, "select count(*) from range(100000000000)", timeout_s=1)   # 1e11 rows: a minute or more
         stopped_after = time.perf_counter() - started
         assert 1 <= stopped_after < 4
         # the connection is usable again, and a row cap stops fetching
@@ -240,3 +240,11 @@ def test_the_apps_connection_reads_the_warehouse_and_no_file(folder):
                           "select * from glob('*')", "select * from read_csv('/etc/hostname')"):
             with pytest.raises(RtnError, match="Permission Error"):
                 warehouse.run_read_only(con, statement)
+
+
+def test_the_python_read_is_read_only_too(folder):
+    before = snapshot(folder)
+    assert warehouse.read("eval_losses", folder / "warehouse.duckdb").height == 2
+    with pytest.raises(RtnError, match="query refused: read-only.*not COPY"):
+        warehouse.read("copy runs to 'leak.csv'", folder / "warehouse.duckdb")
+    assert snapshot(folder) == before
