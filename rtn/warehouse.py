@@ -238,6 +238,8 @@ def run_read_only(con, text: str, timeout_s: float | None = None, max_rows: int 
                     break
             reader.close()
     except duckdb.InterruptException as err:
+        if not timeout_s:   # Ctrl+C, not our timer
+            raise KeyboardInterrupt from err
         raise RtnError(f"query stopped after the time limit of {timeout_s:g} s") from err
     except duckdb.Error as err:
         raise RtnError(f"query failed: {str(err).splitlines()[0]}") from err
