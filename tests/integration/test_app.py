@@ -259,6 +259,23 @@ def test_sql_box_shows_and_downloads_nested_blob_and_interval_columns(filled_war
     assert at.get("download_button")
 
 
+@pytest.mark.parametrize(("flags", "address", "says"), [
+    ((), "127.0.0.1", "(this machine only; --host 0.0.0.0 serves the network)"),
+    (("--host", "0.0.0.0"), "0.0.0.0", "(reachable from the network: anyone who can connect may query the warehouse)")])
+def test_rtn_app_listens_on_127_0_0_1_unless_host_says_otherwise(monkeypatch, capsys, tmp_path, flags, address, says):
+    from rtn import cli
+    started = {}
+    monkeypatch.setattr(os, "execv", lambda path, argv: started.update(argv=argv))
+    for name in ("RTN_WAREHOUSE", "RTN_QUERY_TIMEOUT", "RTN_MAX_ROWS"):
+        monkeypatch.delenv(name, raising=False)   # restored after the test: cmd_app sets them for the app
+    assert cli.main(["app", "--warehouse", str(tmp_path / "w.duckdb"), "--port", "8555", "--max-rows", "77", *flags]) == 0
+    argv = started["argv"]
+    assert argv[argv.index("--server.address") + 1] == address and argv[argv.index("--server.port") + 1] == "8555"
+    assert capsys.readouterr().out == (f"rtn app: serving {tmp_path / 'w.duckdb'} on http://{address}:8555 {says}; "
+                                       "SQL box limits: 5 s, 77 rows\n")
+    assert (os.environ["RTN_QUERY_TIMEOUT"], os.environ["RTN_MAX_ROWS"]) == ("5.0", "77")
+
+
 @pytest.mark.parametrize("state", ["missing", "empty"])
 def test_missing_or_empty_warehouse_says_how_to_fill_it(tmp_path, monkeypatch, state):
     path = tmp_path / "w.duckdb"
