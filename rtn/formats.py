@@ -18,6 +18,7 @@ import uuid
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
@@ -94,11 +95,21 @@ def to_csv(table: pa.Table) -> str:
     return displayable(table, nested_as_json=True).write_csv()
 
 
+def _json_values(column: pa.ChunkedArray) -> list:
+    """Returns the column's values as plain JSON data; flat columns without NaN/inf skip the per-value walk."""
+    kind = column.type
+    plain = pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind) \
+        or pa.types.is_boolean(kind) or pa.types.is_null(kind)
+    if pa.types.is_floating(kind):
+        plain = pc.all(pc.is_finite(column)).as_py() is not False   # True, or None when every value is null
+    return column.to_pylist() if plain else [jsonable(v) for v in column.to_pylist()]
+
+
 def to_json(table: pa.Table) -> str:
     """Returns `table` as a JSON array of row objects; NaN and ±inf as strings (JSON has no numbers for them)."""
-    columns = [[jsonable(v) for v in column.to_pylist()] for column in table.columns]
+    columns = [_json_values(column) for column in table.columns]
     rows = [dict(zip(table.column_names, values)) for values in zip(*columns)]
-    return json.dumps(rows, ensure_ascii=False, allow_nan=False)
+    return json.dumps(rows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))   # compact, as polars wrote it
 
 
 def to_table(table: pa.Table, max_rows: int = 50) -> str:
