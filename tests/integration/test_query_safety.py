@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -226,6 +227,9 @@ def test_a_query_past_the_time_limit_is_stopped(folder):
             warehouse.run_read_only(con, "select count(*) from range(100000000000)", timeout_s=1)   # 1e11 rows: a minute or more
         stopped_after = time.perf_counter() - started
         assert 1 <= stopped_after < 4
+        cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+        time.sleep(0.5)
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu < 0.1   # stopped, not left running behind
         # the connection is usable again, and a row cap stops fetching
         capped = warehouse.run_read_only(con, "select * from range(100000)", timeout_s=1, max_rows=250)
         assert (capped.table.num_rows, capped.truncated, capped.table.column("range")[-1].as_py()) == (250, True, 249)
