@@ -78,16 +78,28 @@ def _as_text(column: pa.ChunkedArray) -> list[str | None]:
     return [None if v is None else json.dumps(jsonable(v), ensure_ascii=False) for v in column.to_pylist()]
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Returns the column names made unique as DuckDB's own .pl() does: a, a -> a, a_1 (select 1 as a, 2 as a)."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        while name in seen:
+            name += "_1"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
 def displayable(table: pa.Table, nested_as_json: bool = False) -> pl.DataFrame:
     """Returns `table` as polars, with every column polars cannot hold (and, if asked, every nested one) as text."""
-    columns = {}
-    for name, column in zip(table.column_names, table.columns):
+    columns = []
+    for name, column in zip(unique_names(table.column_names), table.columns):
         kind = column.type
         if _unholdable(kind) or (nested_as_json and kind.num_fields > 0):
-            columns[name] = pl.Series(name, _as_text(column), dtype=pl.String)
+            columns.append(pl.Series(name, _as_text(column), dtype=pl.String))
         else:
-            columns[name] = pl.from_arrow(column)
-    return pl.DataFrame(list(columns.values())) if columns else pl.DataFrame()
+            columns.append(pl.from_arrow(column).alias(name))
+    return pl.DataFrame(columns)
 
 
 def to_csv(table: pa.Table) -> str:
@@ -108,7 +120,8 @@ def _json_values(column: pa.ChunkedArray) -> list:
 def to_json(table: pa.Table) -> str:
     """Returns `table` as a JSON array of row objects; NaN and ±inf as strings (JSON has no numbers for them)."""
     columns = [_json_values(column) for column in table.columns]
-    rows = [dict(zip(table.column_names, values)) for values in zip(*columns)]
+    names = unique_names(table.column_names)
+    rows = [dict(zip(names, values)) for values in zip(*columns)]
     return json.dumps(rows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))   # compact, as polars wrote it
 
 

@@ -53,3 +53,10 @@ def test_table_shows_lists_natively_and_blobs_as_hex_without_shape_or_dtypes():
 
 def test_json_of_an_empty_result_is_an_empty_array():
     assert formats.to_json(duckdb.sql("select 1 as a where false").to_arrow_table()) == "[]"
+
+
+def test_repeated_column_names_are_all_kept_as_duckdb_names_them():
+    table = duckdb.sql("select 1 as a, 2 as a, 3 as a_1").to_arrow_table()
+    assert formats.to_csv(table) == "a,a_1,a_1_1\n1,2,3\n"
+    assert json.loads(formats.to_json(table)) == [{"a": 1, "a_1": 2, "a_1_1": 3}]
+    assert formats.displayable(table).columns == duckdb.sql("select 1 as a, 2 as a, 3 as a_1").pl().columns
