@@ -49,6 +49,9 @@ def _connect(path: Path, read_only: bool, wait_s: float, settings: dict | None =
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only, config=settings or {})
+        except duckdb.ConnectionException as err:   # this process holds the file open with other settings
+            raise RtnError(f"warehouse {path} is already open in this process with other settings "
+                           f"({str(err).splitlines()[0]}): close that connection first") from err
         except duckdb.IOException as err:  # another process holds the write lock
             if "lock" not in str(err).lower() or time.monotonic() > deadline:
                 raise RtnError(f"warehouse {path} is busy or unreadable: {str(err).splitlines()[0]}") from err

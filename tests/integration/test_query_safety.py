@@ -252,3 +252,13 @@ def test_the_python_read_is_read_only_too(folder):
     with pytest.raises(RtnError, match="query refused: read-only.*not COPY"):
         warehouse.read("copy runs to 'leak.csv'", folder / "warehouse.duckdb")
     assert snapshot(folder) == before
+
+
+def test_a_warehouse_held_open_with_other_settings_in_this_process_is_one_clear_error(folder):
+    held = duckdb.connect(str(folder / "warehouse.duckdb"), read_only=True)   # the user's own, plain connection
+    try:
+        with pytest.raises(RtnError, match="already open in this process with other settings.*close that connection"):
+            warehouse.read("runs", folder / "warehouse.duckdb")
+    finally:
+        held.close()
+    assert warehouse.read("runs", folder / "warehouse.duckdb").height == 1
