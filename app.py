@@ -1,10 +1,13 @@
 """The rtn explorer: every run and checkpoint of the warehouse, in the browser, read-only.
 
-    rtn app [--warehouse PATH] [--port N]        # or: RTN_WAREHOUSE=PATH streamlit run app.py
+    rtn app [--warehouse PATH] [--port N] [--host 127.0.0.1] [--query-timeout S] [--max-rows N]
+    # or: RTN_WAREHOUSE=PATH streamlit run app.py --server.address 127.0.0.1
 
 Pages (sidebar, or the URL: ?page=Influence): Runs, Influence, Dynamics, Geometry & modularity,
 Spectra, Heads, Neuron, SQL. Every chart reads a view of `sql/` (the `app_*` views are the
-app's own); the app only filters, reshapes and draws.
+app's own); the app only filters, reshapes and draws. Its connection reads the warehouse and
+nothing else (no file, URL or extension; configuration locked), and the SQL box's queries stop
+after $RTN_QUERY_TIMEOUT seconds and $RTN_MAX_ROWS rows (set by `rtn app`).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import duckdb
 import polars as pl
 import streamlit as st
 
-from rtn import warehouse
+from rtn import formats, warehouse
 from rtn.errors import RtnError
 
 st.set_page_config(page_title="rtn explorer", page_icon="📉", layout="wide")
@@ -31,6 +34,8 @@ CURVE_COLUMNS = ("token_class", "sign", "neuron", "rank", "delta_loss", "influen
                  "fitted_influence", "head_line", "power_law_line") + FIT_COLUMNS
 VERDICTS = {"plateau": "plateau: the head stands above the power law",
             "no_plateau": "no plateau", "insufficient_evidence": "insufficient evidence (mostly within 2 SE of zero)"}
+QUERY_TIMEOUT_S = float(os.environ.get("RTN_QUERY_TIMEOUT") or 5)   # the SQL box's limits (`rtn app --query-timeout`)
+MAX_ROWS = int(os.environ.get("RTN_MAX_ROWS") or 10_000)             # (`rtn app --max-rows`)
 FILL_IT = "Fill it with `rtn demo --warehouse {path}` (offline, a few minutes), or `rtn ingest --model ... --warehouse {path}`."
 
 
@@ -54,15 +59,19 @@ def version(path: Path) -> tuple:
 
 
 class RunConnection:
-    """The script run's read-only connection: opened by the first query that misses the cache."""
+    """The script run's read-only connection to the warehouse and nothing else: opened by the first query
+    that misses the cache."""
 
     def __init__(self, path: Path):
         self.path, self.stack, self.con = path, ExitStack(), None
 
-    def frame(self, query: str, params: list) -> pl.DataFrame:
+    def open(self):
         if self.con is None:
-            self.con = self.stack.enter_context(warehouse.reading(self.path))
-        return warehouse.frame(self.con, query, params)
+            self.con = self.stack.enter_context(warehouse.reading(self.path, files=False))
+        return self.con
+
+    def frame(self, query: str, params: list) -> pl.DataFrame:
+        return warehouse.frame(self.open(), query, params)
 
     def close(self) -> None:
         self.stack.close()
@@ -93,13 +102,10 @@ def load(relation: str, columns: str = "*", order: str = "", **where) -> pl.Data
     st.stop()
 
 
-def run_query(text: str) -> pl.DataFrame:
-    """Returns the result of one read-only SELECT; raises ValueError for anything that could write."""
-    statements = duckdb.extract_statements(text)
-    kinds = [s.type.name for s in statements]
-    if kinds != ["SELECT"]:
-        raise ValueError(f"the SQL box is read-only: it runs one SELECT query, not {' + '.join(kinds) or 'nothing'}")
-    return CONNECTION.frame(text, [])   # read-only too, should a write get past the check
+def run_query(text: str) -> warehouse.QueryResult:
+    """Returns the SQL box's result within the app's limits; RtnError for a statement that could write,
+    a query past the time limit, or one DuckDB refuses (a file, a URL, a setting)."""
+    return warehouse.run_read_only(CONNECTION.open(), text, QUERY_TIMEOUT_S, MAX_ROWS)
 
 
 def steps_of(run_id: str) -> list[int]:
@@ -135,8 +141,8 @@ def step_x(steps: pl.Series) -> alt.X:
 
 def step_lines(data: pl.DataFrame, y: str, title: str, color: str = "run_id", dash: str | None = None) -> alt.Chart:
     """Returns a line-and-point chart of `y` over steps (symlog axis), one line per color/dash."""
-    encoding = dict(x=step_x(data["step"]), y=alt.Y(f"{y}:Q", title=y),
-                    color=alt.Color(f"{color}:N"), tooltip=["step", color, alt.Tooltip(y, format=".4g")])
+    encoding = {"x": step_x(data["step"]), "y": alt.Y(f"{y}:Q", title=y),
+                "color": alt.Color(f"{color}:N"), "tooltip": ["step", color, alt.Tooltip(y, format=".4g")]}
     if dash:
         encoding.update(strokeDash=alt.StrokeDash(f"{dash}:N"), tooltip=["step", color, dash, alt.Tooltip(y, format=".4g")])
     return alt.Chart(data).mark_line(point=True).encode(**encoding).properties(title=title, height=240)
@@ -335,19 +341,25 @@ def page_neuron(runs: pl.DataFrame, selected: list[str]) -> None:
 
 
 def page_sql(runs: pl.DataFrame, selected: list[str]) -> None:
-    st.caption("Read-only: one SELECT against the warehouse's tables and views (`show tables` lists them).")
+    st.caption(f"Read-only: SELECT, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN against the warehouse's tables and views "
+               f"(`show tables` lists them); no files. Queries stop after {QUERY_TIMEOUT_S:g} s and "
+               f"{MAX_ROWS:,} rows (`rtn app --query-timeout S --max-rows N`).")
     text = st.text_area("SQL", "select step, token_class, sign, plateau_size, plateau_fraction, power_law_slope, "
                         "has_plateau\nfrom regime_summary\norder by run_id, step, token_class, sign", height=140, key="sql")
     if not text.strip():
         return st.info("Type a query, then press Ctrl+Enter.")
     try:
         result = run_query(text)
-    except ValueError as err:
-        return st.error(f"Refused: {err}.")
-    except (duckdb.Error, RtnError) as err:
-        return st.error(f"Query failed: {str(err).splitlines()[0]}")
-    st.dataframe(result, hide_index=True)
-    st.download_button("Download CSV", result.write_csv(), file_name="rtn_query.csv", mime="text/csv",
+    except RtnError as err:
+        message = str(err).replace("query refused:", "Refused:")   # one line: refused, failed or stopped
+        return st.error(message[0].upper() + message[1:])
+    if result.statements > 1:
+        st.info(f"{result.statements} statements ran; only the last one's result is shown.")
+    if result.truncated:
+        st.warning(f"Only the first {MAX_ROWS:,} rows are shown and downloaded: the app's row cap "
+                   f"(`rtn app --max-rows`). Aggregate or add a `limit`.")
+    st.dataframe(formats.displayable(result.table), hide_index=True)
+    st.download_button("Download CSV", formats.to_csv(result.table), file_name="rtn_query.csv", mime="text/csv",
                        on_click="ignore")
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from rtn import warehouse
 from rtn.errors import RtnError
 
+TABLE_ROWS = 50   # rows `rtn query` draws as a table (first and last half)
+
 
 def _add_warehouse(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", type=Path, default=warehouse.DEFAULT_WAREHOUSE,
@@ -70,13 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip runs whose analyses already cover every ingested checkpoint")
     _add_warehouse(ana)
 
-    query = sub.add_parser("query", help="read-only SQL against the warehouse")
-    query.add_argument("sql")
+    query = sub.add_parser("query", help="read-only SQL against the warehouse (and local files: read_parquet(...))")
+    query.add_argument("sql", help="SELECT, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN; statements that write are refused")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_warehouse(query)
 
     app = sub.add_parser("app", help="start the Streamlit explorer")
     app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 serves the network)")
+    app.add_argument("--query-timeout", type=float, default=os.environ.get("RTN_QUERY_TIMEOUT", "5"),
+                     help="seconds a query of the SQL box may run (default 5, or $RTN_QUERY_TIMEOUT)")
+    app.add_argument("--max-rows", type=int, default=os.environ.get("RTN_MAX_ROWS", "10000"),
+                     help="rows the SQL box shows and downloads at most (default 10000, or $RTN_MAX_ROWS)")
     _add_warehouse(app)
 
     bench = sub.add_parser("bench", help="time exact all-neuron ablation against the slow paths")
@@ -109,29 +117,35 @@ def _ingest_config(args):
 
 
 def cmd_query(args) -> None:
-    import duckdb
+    from rtn import formats
     with warehouse.reading(args.warehouse) as con:
-        try:
-            result = warehouse.frame(con, args.sql)
-        except duckdb.Error as err:
-            raise RtnError(f"query failed: {str(err).splitlines()[0]}") from err
+        result = warehouse.run_read_only(con, args.sql)
+    if result.statements > 1:
+        print(f"rtn: {result.statements} statements ran; only the last one's result is shown", file=sys.stderr)
     if args.format == "csv":
-        sys.stdout.write(result.write_csv())
+        sys.stdout.write(formats.to_csv(result.table))
     elif args.format == "json":
-        sys.stdout.write(result.write_json() + "\n")
+        sys.stdout.write(formats.to_json(result.table) + "\n")
     else:
-        import polars as pl
-        with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60, tbl_width_chars=160):
-            print(result)
+        print(formats.to_table(result.table, TABLE_ROWS))
+        if result.table.num_rows > TABLE_ROWS:
+            print(f"rtn: {result.table.num_rows:,} rows, {TABLE_ROWS} shown; --format csv prints them all", file=sys.stderr)
 
 
 def cmd_app(args) -> None:
     app = (Path(__file__).parent / "app.py").resolve()   # package data in a wheel; a link to ../app.py in a checkout
-    os.environ["RTN_WAREHOUSE"] = str(Path(args.warehouse).resolve())
+    if args.query_timeout <= 0 or args.max_rows <= 0:
+        raise RtnError(f"--query-timeout {args.query_timeout:g} and --max-rows {args.max_rows} must be positive")
+    os.environ.update(RTN_WAREHOUSE=str(Path(args.warehouse).resolve()), RTN_QUERY_TIMEOUT=str(args.query_timeout),
+                      RTN_MAX_ROWS=str(args.max_rows))
+    reach = "this machine only; --host 0.0.0.0 serves the network" if args.host in ("127.0.0.1", "localhost") else \
+        "reachable from the network: anyone who can connect may query the warehouse"
+    print(f"rtn app: serving {os.environ['RTN_WAREHOUSE']} on http://{args.host}:{args.port} ({reach}); "
+          f"SQL box limits: {args.query_timeout:g} s, {args.max_rows:,} rows", flush=True)
     # exec, not a child process: stopping `rtn app` must stop the server too
     os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
-                              "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
-                              "--client.toolbarMode", "viewer"])
+                              "--server.address", args.host, "--server.port", str(args.port),
+                              "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"])
 
 
 def main(argv: list[str] | None = None) -> int:

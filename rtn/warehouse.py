@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from rtn import sql
 from rtn.errors import RtnError
 
 DEFAULT_WAREHOUSE = Path(os.environ.get("RTN_WAREHOUSE", "warehouse.duckdb"))
+# Every read connection: no extension is fetched or loaded behind the user's back, and the
+# configuration is locked once set, so no query can switch any of this back on (DuckDB's
+# guidance for untrusted SQL). read_only=True protects the warehouse file only; statements
+# that write elsewhere (COPY, EXPORT, ATTACH, ...) are refused by `read_only_statements`.
+READ_SETTINGS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                 "allow_community_extensions": False, "lock_configuration": True}
+# The app serves strangers too: no file, URL or database but the warehouse (read_text, glob, read_csv, ATTACH).
+NO_FILES = {"enable_external_access": False}
 
 
 def check_writable(path: Path) -> None:
@@ -42,14 +53,18 @@ def notice_on_stderr(line: str) -> None:
     print(f"rtn: {line}", file=sys.stderr, flush=True)
 
 
-def _connect(path: Path, read_only: bool, wait_s: float | None, notice=None) -> duckdb.DuckDBPyConnection:
-    """Opens the warehouse, waiting up to `wait_s` seconds (None: as long as it takes) while another process holds
-    the lock; `notice(line)` hears about a wait every NOTICE_EVERY_S seconds."""
+def _connect(path: Path, read_only: bool, wait_s: float | None, notice=None,
+             settings: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """Opens the warehouse with `settings`, waiting up to `wait_s` seconds (None: as long as it takes) while another
+    process holds the lock; `notice(line)` hears about a wait every NOTICE_EVERY_S seconds."""
     started = time.monotonic()
     noticed = started
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=settings or {})
+        except duckdb.ConnectionException as err:   # this process holds the file open with other settings
+            raise RtnError(f"warehouse {path} is already open in this process with other settings "
+                           f"({str(err).splitlines()[0]}): close that connection first") from err
         except duckdb.IOException as err:  # another process holds the write lock
             waited = time.monotonic() - started
             if "lock" not in str(err).lower() or (wait_s is not None and waited > wait_s):
@@ -131,12 +146,16 @@ def writing(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 60.0, notice=
 
 
 @contextmanager
-def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 10.0, notice=None):
-    """Yields a read-only connection, retrying briefly while a writer holds the file (as _connect does)."""
+def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 10.0, notice=None, files: bool = True):
+    """Yields a read-only connection with READ_SETTINGS, retrying while a writer holds the file (as _connect does).
+
+    files=False also shuts every file and URL but the warehouse out (the app's SQL box).
+    """
     path = Path(path)
     if not path.exists():
         raise RtnError(f"no warehouse at {path}: run `rtn demo` or `rtn ingest` first")
-    con = _connect(path, read_only=True, wait_s=wait_s, notice=notice)
+    con = _connect(path, read_only=True, wait_s=wait_s, notice=notice,
+                   settings=READ_SETTINGS if files else {**READ_SETTINGS, **NO_FILES})
     try:
         yield con
     finally:
@@ -197,5 +216,100 @@ def read(query: str, warehouse: Path | str = DEFAULT_WAREHOUSE, params: list | N
     text = query.strip()
     if " " not in text:  # a bare view or table name
         text = f"select * from {text}"
+    read_only_statements(text)   # read-only means nothing written anywhere, as for `rtn query`
     with reading(Path(warehouse)) as con:
         return frame(con, text, params)
+
+
+READ_ONLY_KINDS = "SELECT, DESCRIBE, SHOW, SUMMARIZE, VALUES, or EXPLAIN of one of them"
+
+
+def _kind(statement) -> str:
+    """Returns the statement's type name, or UNKNOWN for one this Python binding cannot name (UPDATE EXTENSIONS)."""
+    try:
+        return statement.type.name
+    except ValueError:
+        return "UNKNOWN"
+
+
+def _explained(statement) -> str:
+    """Returns the statement type an EXPLAIN wraps ('UNKNOWN' if none parses): EXPLAIN ANALYZE runs it.
+
+    The wrapped statement starts at the first token after EXPLAIN (and its options) from which
+    DuckDB's parser reads exactly one statement.
+    """
+    tokens = [pos for pos, kind in duckdb.tokenize(statement.query) if kind != duckdb.token_type.comment]
+    for pos in tokens[1:]:
+        try:
+            inner = duckdb.extract_statements(statement.query[pos:])
+        except (duckdb.Error, ValueError):
+            continue
+        return _kind(inner[0]) if len(inner) == 1 else "UNKNOWN"
+    return "UNKNOWN"
+
+
+def read_only_statements(text: str) -> list[str]:
+    """Returns the SQL of each statement in `text`; raises RtnError unless every one only reads.
+
+    Decided by DuckDB's parser (statement types), not by matching strings: anything but a SELECT
+    (which DESCRIBE, SHOW, SUMMARIZE, VALUES and PIVOT-with-values parse into) or an EXPLAIN of
+    one is refused, since COPY, EXPORT, ATTACH, INSTALL, SET, PRAGMA, CALL, CHECKPOINT, VACUUM and
+    every DDL/DML statement could write somewhere. A SELECT cannot write: the warehouse is opened
+    read-only and the configuration locked (so enable_logging/enable_profiling cannot point at a file).
+    """
+    try:
+        statements = duckdb.extract_statements(text)
+    except duckdb.Error as err:
+        raise RtnError(f"query failed: {str(err).splitlines()[0]}") from err
+    if not statements:
+        raise RtnError("the query is empty (nothing but whitespace or comments): type a SELECT")
+    for statement in statements:
+        kind = _kind(statement)
+        if kind == "EXPLAIN" and _explained(statement) == "SELECT":
+            continue
+        if kind != "SELECT":
+            what = kind if kind != "EXPLAIN" else f"EXPLAIN of {_explained(statement)}"
+            what = what.replace("UNKNOWN", "a statement of a type it cannot name")
+            raise RtnError(f"query refused: read-only, it runs only {READ_ONLY_KINDS}, not {what}")
+    return [statement.query for statement in statements]
+
+
+@dataclass
+class QueryResult:
+    table: pa.Table            # the last statement's rows (at most max_rows)
+    statements: int            # statements run; only the last one's rows are kept
+    truncated: bool = False    # more rows than max_rows: the rest were not fetched
+
+
+def run_read_only(con, text: str, timeout_s: float | None = None, max_rows: int | None = None) -> QueryResult:
+    """Returns the last statement's result of `text`, after refusing any statement that could write.
+
+    timeout_s interrupts the query (DuckDB's own interrupt, from a timer thread): RtnError then.
+    max_rows stops fetching after that many rows (QueryResult.truncated).
+    """
+    statements = read_only_statements(text)
+    timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+    if timer:
+        timer.start()
+    try:
+        for query in statements:
+            reader = con.sql(query).to_arrow_reader(10_000)
+            batches, n_rows = [], 0
+            for batch in reader:
+                batches.append(batch)
+                n_rows += batch.num_rows
+                if max_rows is not None and n_rows > max_rows:
+                    break
+            reader.close()
+    except duckdb.InterruptException as err:
+        if not timeout_s:   # Ctrl+C, not our timer
+            raise KeyboardInterrupt from err
+        raise RtnError(f"query stopped after the time limit of {timeout_s:g} s") from err
+    except duckdb.Error as err:
+        raise RtnError(f"query failed: {str(err).splitlines()[0]}") from err
+    finally:
+        if timer:
+            timer.cancel()
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    truncated = max_rows is not None and table.num_rows > max_rows
+    return QueryResult(table.slice(0, max_rows) if truncated else table, len(statements), truncated)

@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
 from conftest import build_filled_warehouse
 
 pytestmark = pytest.mark.browser
@@ -36,6 +35,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 PAGES = {"Runs": 1, "Influence": 2, "Dynamics": 1, "Geometry & modularity": 2, "Spectra": 2, "Heads": 2,
          "Neuron": 4, "SQL": 0}
 MAX_LOAD_S = float(os.environ.get("RTN_MAX_PAGE_LOAD_S", "2.0"))
+APP_LOG: dict[str, Path] = {}   # where the app fixture writes `rtn app`'s output
 
 
 def free_port() -> int:
@@ -61,7 +61,7 @@ def app_url(browser, tmp_path_factory):
     given = os.environ.get("RTN_APP_WAREHOUSE")
     warehouse = Path(given) if given else build_filled_warehouse(tmp_path_factory.mktemp("browser_warehouse"))
     port = free_port()
-    log = tmp_path_factory.mktemp("app_log") / "app.log"
+    log = APP_LOG["path"] = tmp_path_factory.mktemp("app_log") / "app.log"
     with open(log, "w") as out:
         # a session of its own: `rtn app` runs streamlit as a child, and both must go at the end
         app = subprocess.Popen([sys.executable, "-m", "rtn.cli", "app", "--warehouse", str(warehouse),
@@ -145,6 +145,63 @@ def test_every_page_draws_its_charts_quickly_in_chromium(browser, app_url, tmp_p
           + "\n".join(f"  {name:24s} {t}" for name, t in timings.items()))
     slow = {name: t["first_s"] for name, t in timings.items() if t["first_s"] >= MAX_LOAD_S}
     assert not slow, f"pages slower than {MAX_LOAD_S} s on their first visit: {slow}"
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Returns the local addresses (hex, as /proc/net/tcp{,6} writes them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:   # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_the_app_listens_on_127_0_0_1_only_and_says_so(app_url):
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp to read the listening sockets from")
+    port = int(app_url.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"0100007F"}   # 127.0.0.1; no 0.0.0.0, no ::
+    assert f"on http://127.0.0.1:{port} (this machine only" in APP_LOG["path"].read_text()
+
+
+# what the SQL box must not do for a stranger, and the message the page shows instead
+REFUSED = {
+    "select content from read_text('/etc/hostname')": "Permission Error",
+    "select * from read_csv('README.md')": "Permission Error",   # a local file in the app's folder
+    "select * from glob('/**')": "Permission Error",
+    "copy runs to 'leak.csv'": "Refused: read-only",
+    "attach 'other.duckdb' as o": "Refused: read-only",
+    "install httpfs": "Refused: read-only",
+    "set enable_external_access = true": "Refused: read-only",
+    "select count(*) from range(100000000000)": "Query stopped after the time limit",   # a minute or more without it
+}
+
+
+def test_sql_page_refuses_files_writes_settings_and_long_queries_in_the_browser(browser, app_url):
+    page = browser.new_page()
+    open_by_url(page, app_url, "SQL", 0)
+    box = page.get_by_role("textbox", name="SQL")
+    for statement, message in REFUSED.items():
+        box.fill("")   # an empty box between queries: no alert of the previous query is left to match
+        box.press("Control+Enter")
+        page.locator('[data-testid="stAlert"]').filter(has_text="Type a query").wait_for(timeout=30_000)
+        started = time.perf_counter()
+        box.fill(statement)
+        box.press("Control+Enter")
+        alert = page.locator('[data-testid="stAlert"]').filter(has_text=message)
+        alert.wait_for(timeout=30_000)
+        assert page.locator('[data-testid="stDataFrame"]').count() == 0, statement
+        if "range" in statement:
+            assert time.perf_counter() - started < 15, "the time limit did not stop the query"
+    box.fill("select run_id, count(*) as checkpoints from checkpoints group by run_id")   # the warehouse still answers
+    box.press("Control+Enter")
+    page.locator('[data-testid="stDataFrame"]').wait_for(timeout=30_000)
+    assert page.locator('[data-testid="stAlert"]').count() == 0
+    assert not (ROOT / "leak.csv").exists()
+    page.close()
 
 
 def test_sql_page_refuses_a_write_in_the_browser(browser, app_url):

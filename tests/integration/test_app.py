@@ -18,7 +18,6 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-
 from conftest import FILLED_RUN, filled_corpus, save_checkpoint_family, table_contents
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
@@ -221,6 +220,60 @@ def test_sql_box_refuses_writes_and_leaves_the_warehouse_unchanged(filled_wareho
     assert repr(table_contents(filled_warehouse)) == before   # repr: NaN == NaN
     assert hashlib.sha256(filled_warehouse.read_bytes()).hexdigest() == digest
     assert not (tmp_path / "runs_copy.csv").exists()
+
+
+@pytest.mark.parametrize("statement", ["select content from read_text('/etc/hostname')", "select * from glob('/*')",
+                                       "select * from read_csv('corpus.csv')", "select * from read_parquet('local.parquet')",
+                                       "select * from read_csv('https://example.com/x.csv')"])
+def test_sql_box_reads_no_file_or_url(filled_warehouse, monkeypatch, tmp_path, statement):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.csv").write_text("secret\n42\n")
+    duckdb.sql("copy (select 42 as secret) to 'local.parquet' (format parquet)")
+    at = open_page("SQL", filled_warehouse, monkeypatch)
+    at.text_area(key="sql").set_value(statement).run()
+    assert not at.exception and not at.dataframe
+    assert "Query failed: Permission Error" in at.error[0].value and "disabled by configuration" in at.error[0].value
+
+
+def test_sql_box_stops_a_long_query_and_caps_rows(filled_warehouse, monkeypatch):
+    monkeypatch.setenv("RTN_QUERY_TIMEOUT", "1")
+    monkeypatch.setenv("RTN_MAX_ROWS", "300")
+    at = open_page("SQL", filled_warehouse, monkeypatch)
+    started = time.perf_counter()
+    at.text_area(key="sql").set_value("select count(*) from range(100000000000)").run()   # a minute or more without the limit
+    assert time.perf_counter() - started < 10
+    assert at.error[0].value == "Query stopped after the time limit of 1 s" and not at.dataframe
+    at.text_area(key="sql").set_value("select * from range(1000)").run()
+    assert len(at.dataframe[0].value) == 300
+    assert "first 300 rows" in at.warning[0].value and at.get("download_button")
+
+
+def test_sql_box_shows_and_downloads_nested_blob_and_interval_columns(filled_warehouse, monkeypatch):
+    at = open_page("SQL", filled_warehouse, monkeypatch)
+    at.text_area(key="sql").set_value("select 1 as first; select neuron, w_in, w_out, '\\xAA'::blob as raw, "
+                                      "interval '2 days' as span from neuron_weights limit 3").run()
+    assert not at.exception and not at.error
+    shown = at.dataframe[0].value
+    assert len(shown) == 3 and list(shown["raw"]) == ["aa"] * 3 and list(shown["span"]) == ["P2D"] * 3
+    assert "2 statements ran; only the last one's result is shown" in at.info[0].value
+    assert at.get("download_button")
+
+
+@pytest.mark.parametrize(("flags", "address", "says"), [
+    ((), "127.0.0.1", "(this machine only; --host 0.0.0.0 serves the network)"),
+    (("--host", "0.0.0.0"), "0.0.0.0", "(reachable from the network: anyone who can connect may query the warehouse)")])
+def test_rtn_app_listens_on_127_0_0_1_unless_host_says_otherwise(monkeypatch, capsys, tmp_path, flags, address, says):
+    from rtn import cli
+    started = {}
+    monkeypatch.setattr(os, "execv", lambda path, argv: started.update(argv=argv))
+    for name in ("RTN_WAREHOUSE", "RTN_QUERY_TIMEOUT", "RTN_MAX_ROWS"):
+        monkeypatch.delenv(name, raising=False)   # restored after the test: cmd_app sets them for the app
+    assert cli.main(["app", "--warehouse", str(tmp_path / "w.duckdb"), "--port", "8555", "--max-rows", "77", *flags]) == 0
+    argv = started["argv"]
+    assert argv[argv.index("--server.address") + 1] == address and argv[argv.index("--server.port") + 1] == "8555"
+    assert capsys.readouterr().out == (f"rtn app: serving {tmp_path / 'w.duckdb'} on http://{address}:8555 {says}; "
+                                       "SQL box limits: 5 s, 77 rows\n")
+    assert (os.environ["RTN_QUERY_TIMEOUT"], os.environ["RTN_MAX_ROWS"]) == ("5.0", "77")
 
 
 @pytest.mark.parametrize("state", ["missing", "empty"])

@@ -157,9 +157,9 @@ def test_unwritable_warehouse_path_is_refused_before_any_work(setup, where):
 def test_query_refuses_writes_and_reports_sql_errors_in_one_line(setup):
     *_, wh = setup
     before = _digest(wh)
-    for statement in ("drop table runs", "select * from no_such_table"):
+    for statement, error in (("drop table runs", "query refused"), ("select * from no_such_table", "query failed")):
         proc = run_cli("query", statement, "--warehouse", wh, check=False)
-        assert proc.returncode == 2 and proc.stderr.startswith("rtn: error: query failed")
+        assert proc.returncode == 2 and proc.stderr.startswith(f"rtn: error: {error}")
         assert len(proc.stderr.strip().splitlines()) == 1
     assert _digest(wh) == before
     assert "demo" in run_cli("query", "select 1", "--warehouse", root_missing(setup), check=False).stderr
