@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
+import sys
 import time
+import types
 
 import duckdb
 from conftest import save_checkpoint_family, table_contents
@@ -43,7 +45,9 @@ def _rtn(argv: list[str]) -> None:
     raise SystemExit(main(argv))
 
 
-def test_killed_ingest_resumes_to_identical_tables(tmp_path, corpus_txt):
+def test_killed_ingest_resumes_to_identical_tables(tmp_path, corpus_txt, monkeypatch):
+    # forkserver children re-import __main__ from its file: after an AppTest in the same session that is app.py
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     root = save_checkpoint_family(tmp_path / "ckpts", steps=STEPS)
     args = ["ingest", "--model", str(root), "--checkpoints", "all", "--corpus", str(corpus_txt), "--tokens", "512",
             "--seq-len", "32", "--head-layers", "1", "--run", "r"]
