@@ -119,21 +119,31 @@ def _rerun(model, adapter: Adapter, calls: rerun.BlockCalls, layer: int, input_i
     Losses are computed at `included` [S, L] positions only (NaN elsewhere). A studied layer
     before `layer` is not re-run: its activations are the clean ones.
     """
-    device = next(model.parameters()).device
-    losses, acts = torch.full((input_ids.numel(),), float("nan"), dtype=dtype, device=device), []
+    acts = []
     with ExitStack() as stack:
         if studied_layer >= layer:
             stack.enter_context(hooked(adapters.mlp_out_module(model, adapter, studied_layer),
                                        _plateau_grabber(plateau, dtype, acts)))
-        for batch, hidden in enumerate(rerun.rerun(model, adapter, calls, layer, [patch])):   # the batches of _run
-            start = batch * batch_size
-            ids = input_ids[start:start + batch_size].to(device)
-            keep = included[start:start + batch_size].to(device)                     # [B, L]
-            logits = rerun.readout_logits(model, adapter, hidden[keep]).to(dtype)    # [K, V]
-            targets = torch.roll(ids, -1, dims=1)[keep]                              # token at pos + 1
-            batch_losses = losses[start * ids.shape[1]:(start + ids.shape[0]) * ids.shape[1]]   # a view: [B*L]
-            batch_losses[keep.reshape(-1)] = cross_entropy(logits, targets)
+        losses = _included_losses(model, adapter, rerun.rerun(model, adapter, calls, layer, [patch]),   # _run's batches
+                                  input_ids, included, batch_size, dtype)
     return _Pass(losses, torch.cat(acts) if acts else clean.plateau_acts)
+
+
+def _included_losses(model, adapter: Adapter, hiddens, input_ids: torch.Tensor, included: torch.Tensor,
+                     batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Returns the losses [S*L] at `included` [S, L] positions (NaN elsewhere) of final residuals given per batch of
+    `batch_size` sequences, through the model's own final norm and unembedding."""
+    device = next(model.parameters()).device
+    losses = torch.full((input_ids.numel(),), float("nan"), dtype=dtype, device=device)
+    for batch, hidden in enumerate(hiddens):
+        start = batch * batch_size
+        ids = input_ids[start:start + batch_size].to(device)
+        keep = included[start:start + batch_size].to(device)                     # [B, L]
+        logits = rerun.readout_logits(model, adapter, hidden[keep]).to(dtype)    # [K, V]
+        targets = torch.roll(ids, -1, dims=1)[keep]                              # token at pos + 1
+        batch_losses = losses[start * ids.shape[1]:(start + ids.shape[0]) * ids.shape[1]]   # a view: [B*L]
+        batch_losses[keep.reshape(-1)] = cross_entropy(logits, targets)
+    return losses
 
 
 @dataclass
@@ -169,18 +179,11 @@ def recording(model, adapter: Adapter, config: IngestConfig):
         yield CleanRecording(calls, sums)
 
 
-@torch.no_grad()
 def _clean_from_capture(model, adapter: Adapter, resid: torch.Tensor, acts: torch.Tensor, input_ids: torch.Tensor,
                         included: torch.Tensor, batch_size: int, dtype: torch.dtype, plateau: torch.Tensor) -> _Pass:
-    """Returns the clean _Pass from a capture: losses at `included` positions through the model's own final norm
-    and unembedding (batch by batch, as _rerun computes the ablated ones), plateau activations from `acts`."""
-    losses = torch.full((input_ids.numel(),), float("nan"), dtype=dtype, device=resid.device)
-    for start in range(0, input_ids.shape[0], batch_size):
-        ids = input_ids[start:start + batch_size].to(resid.device)
-        keep = included[start:start + batch_size].to(resid.device)                  # [B, L]
-        logits = rerun.readout_logits(model, adapter, resid[start:start + batch_size][keep]).to(dtype)
-        batch_losses = losses[start * ids.shape[1]:(start + ids.shape[0]) * ids.shape[1]]
-        batch_losses[keep.reshape(-1)] = cross_entropy(logits, torch.roll(ids, -1, dims=1)[keep])
+    """Returns the clean _Pass from a capture: losses at `included` positions computed batch by batch as _rerun
+    computes the ablated ones, plateau activations from `acts`."""
+    losses = _included_losses(model, adapter, resid.split(batch_size), input_ids, included, batch_size, dtype)
     return _Pass(losses, acts.reshape(-1, acts.shape[-1])[:, plateau.to(acts.device)].to(dtype))
 
 
@@ -207,8 +210,9 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
     n_heads = adapters.n_heads(model, adapter)
 
     if recorded is None:
-        with recording(model, adapter, config) as recorded:
+        with recording(model, adapter, config) as own:
             clean = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau)
+        recorded = own
     else:
         clean = _clean_from_capture(model, adapter, captured.resid, captured.acts, data.input_ids,
                                     data.classes != EXCLUDED, config.batch_size, dtype, plateau)
