@@ -386,6 +386,12 @@ try:
     selected = st.sidebar.multiselect("Runs to compare", runs["run_id"].to_list(),
                                       default=runs["run_id"].to_list()[:4])
     st.sidebar.caption(f"warehouse `{CONNECTION.path}` · read-only")
+    # every page, SQL's too, draws this chart: the browser readies its chart library on the app's first page
+    progress = runs.filter(pl.col("run_id").is_in(selected)).select("run_id", "n_done", "n_checkpoints")
+    st.sidebar.altair_chart(alt.Chart(progress).mark_bar().encode(
+        x=alt.X("n_done:Q", title=None, axis=alt.Axis(tickMinStep=1)), y=alt.Y("run_id:N", title=None),
+        tooltip=["run_id", "n_done", "n_checkpoints"]).properties(title="checkpoints done", height=alt.Step(18)),
+        width="stretch")
     if not selected and page != "SQL":
         st.info("Pick at least one run in the sidebar.")
         st.stop()

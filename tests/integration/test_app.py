@@ -37,9 +37,10 @@ def open_page(page: str, warehouse: Path, monkeypatch):
 
 
 def charts(at) -> dict[str, list[pa.Table]]:
-    """Returns {chart title: the Arrow tables the chart was sent} of every Altair chart on the page."""
+    """Returns {chart title: the Arrow tables the chart was sent} of every Altair chart on the page (the
+    sidebar's progress chart aside)."""
     out = {}
-    for element in at.get("vega_lite_chart"):
+    for element in at.main.get("vega_lite_chart"):
         spec = json.loads(element.proto.spec)
         title = spec.get("title")
         out[title["text"] if isinstance(title, dict) else title] = [
