@@ -108,11 +108,13 @@ def save_checkpoint_family(root, family: str = "gpt_neox", steps=(0, 1, 2, 4)):
     return root
 
 
-def run_cli(*args, check=True):
-    """Runs `rtn ARGS` in a subprocess; returns the CompletedProcess."""
+def run_cli(*args, check=True, env: dict | None = None):
+    """Runs `rtn ARGS` in a subprocess (with `env` added to the environment); returns the CompletedProcess."""
+    import os
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-m", "rtn.cli", *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "rtn.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"rtn {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
     return proc

@@ -4,7 +4,8 @@ so the real `huggingface_hub` client code (list_repo_refs, hf_hub_download via f
     with HubStandIn({"org/tiny": {"step0": folder0, "step1": folder1}}) as hub:
         env = {"HF_ENDPOINT": hub.url, "HF_HOME": tmp}      # then `rtn ingest --model org/tiny --checkpoints all`
 
-Routes (the subset the client uses): GET /api/models/{repo}/refs, HEAD and GET /{repo}/resolve/{revision}/{file};
+Routes (the subset the client uses): GET /api/models/{repo}/refs, .../revision/{revision} (model info),
+.../tree/{revision}/{folder} (file listing), HEAD and GET /{repo}/resolve/{revision}/{file};
 anything else answers 404 with the hub's X-Error-Code header, which the client turns into its own exceptions.
 """
 from __future__ import annotations
@@ -19,8 +20,9 @@ from urllib.parse import unquote, urlparse
 from typing_extensions import Self
 
 
-def _commit(repo: str, revision: str) -> str:
-    return hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()     # a 40-hex commit id, stable per branch
+def commit_of(repo: str, revision: str) -> str:
+    """Returns the 40-hex commit id the stand-in gives a branch (stable per repo and branch)."""
+    return hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
 
 
 class HubStandIn:
@@ -60,19 +62,39 @@ class HubStandIn:
                 for repo, branches in hub.repos.items():
                     if path == f"/api/models/{repo}/refs":
                         return self._json({"branches": [{"name": b, "ref": f"refs/heads/{b}",
-                                                         "targetCommit": _commit(repo, b)} for b in branches],
+                                                         "targetCommit": commit_of(repo, b)} for b in branches],
                                            "converts": [], "tags": []}, with_body)
+                    api = f"/api/models/{repo}/"
+                    if path.startswith((api + "revision/", api + "tree/")):
+                        kind, _, rest = path[len(api):].partition("/")
+                        revision, _, inside = rest.partition("/")
+                        if revision not in branches:
+                            return self._error(404, "RevisionNotFound", with_body)
+                        return self._api(repo, revision, kind, inside, with_body)
                     prefix = f"/{repo}/resolve/"
                     if path.startswith(prefix):
                         revision, _, name = path[len(prefix):].partition("/")
-                        revision = next((b for b in branches if revision in (b, _commit(repo, b))), None)
+                        revision = next((b for b in branches if revision in (b, commit_of(repo, b))), None)
                         if revision is None:
                             return self._error(404, "RevisionNotFound", with_body)
                         file = branches[revision] / name
                         if not file.is_file():
                             return self._error(404, "EntryNotFound", with_body)
-                        return self._file(file, _commit(repo, revision), with_body)
+                        return self._file(file, commit_of(repo, revision), with_body)
                 self._error(404, "RepoNotFound" if path.startswith("/api/models/") else "EntryNotFound", with_body)
+
+            def _api(self, repo: str, revision: str, kind: str, inside: str, with_body: bool):
+                folder = hub.repos[repo][revision]
+                files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+                if kind == "revision":     # model_info: the commit and the file list
+                    return self._json({"id": repo, "modelId": repo, "sha": commit_of(repo, revision), "private": False,
+                                       "siblings": [{"rfilename": f} for f in files]}, with_body)
+                if inside and not (folder / inside).is_dir():
+                    return self._error(404, "EntryNotFound", with_body)
+                listed = [f for f in files if not inside or f.startswith(inside.rstrip("/") + "/")]
+                return self._json([{"type": "file", "path": f, "size": (folder / f).stat().st_size,
+                                    "oid": hashlib.sha1((folder / f).read_bytes()).hexdigest()} for f in listed],
+                                  with_body)
 
             def _json(self, payload, with_body: bool):
                 body = json.dumps(payload).encode()
