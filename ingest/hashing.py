@@ -10,6 +10,7 @@ the same weights saved as safetensors or .bin, or in another dtype that converts
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -35,15 +36,14 @@ def weight_hashes(model: nn.Module, layer: int) -> tuple[str, str]:
     """
     adapter = adapters.adapter_for(model)
     block_prefix = f"{adapter.blocks}.{layer}."
-    whole, studied = [], []
-    seen: dict[tuple, bytes] = {}     # tied weights (embedding = unembedding) are one tensor: hash its bytes once
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-        if key not in seen or not tensor.numel():
-            seen[key] = _tensor_digest(tensor)
-        whole.append(seen[key])
-        if name.startswith(block_prefix):
-            studied.append(seen[key])
+    state = model.state_dict()
+    # tied weights (embedding = unembedding) are one tensor under two names: same key, hashed once
+    keys = {name: (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)) for name, tensor in state.items()}
+    unique = {key: state[name] for name, key in reversed(keys.items())}
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:   # hashlib releases the GIL on big buffers
+        digests = dict(zip(unique, pool.map(_tensor_digest, unique.values())))
+    whole = [digests[key] for key in keys.values()]
+    studied = [digests[key] for name, key in keys.items() if name.startswith(block_prefix)]
     return _combined(studied), _combined(whole)
 
 

@@ -45,13 +45,13 @@ def _connect(options: RayOptions):
         import ray
     except ImportError as err:
         raise RtnError("--executor ray needs Ray: pip install 'rtn[ray]'") from err
-    address = options.address or os.environ.get("RAY_ADDRESS")
+    address = options.address or os.environ.get("RAY_ADDRESS") or None
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
         raise RtnError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]} (on a cluster with "
-                       f"token authentication, export the cluster's RAY_AUTH_TOKEN too)") from err
+                       f"token authentication, export RAY_AUTH_MODE=token and the head's RAY_AUTH_TOKEN too)") from err
     return ray
 
 
@@ -75,7 +75,7 @@ def ingest_ray(config: IngestConfig, path: Path, options: RayOptions, log=print)
         raise RtnError("--device cuda with --executor ray needs --gpus-per-task (a task sees only the GPUs it asks for)")
     ray = _connect(options)
     try:
-        address = options.address or os.environ.get("RAY_ADDRESS")
+        address = options.address or os.environ.get("RAY_ADDRESS") or None
         _check_resources(ray, options, address)
         plan = plan_ingest(config, path, log)
         if not plan.todo:

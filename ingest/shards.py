@@ -23,12 +23,15 @@ import polars as pl
 
 from rtn import warehouse
 from rtn.errors import RtnError
+from rtn.ingest import sources
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.pipeline import (
     RUN_TABLES,
     STEP_TABLES,
     CheckpointResult,
     Plan,
+    _check_same_run,
+    _existing,
     checkpoint_row,
     checkpoint_tables,
     duplicate_line,
@@ -75,11 +78,13 @@ def ingest_shards(config: IngestConfig, root: Path, checkpoint_index: int | None
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise RtnError(f"--shard-dir {root} is a file, not a folder")
+    if checkpoint_index is not None:      # checked before the corpus is prepared: an array's extra index fails fast
+        n_refs = len(sources.resolve_checkpoints(config.model, config.checkpoints))
+        if not 0 <= checkpoint_index < n_refs:
+            raise RtnError(f"--checkpoint-index {checkpoint_index} is out of range: the run has {n_refs} "
+                           f"checkpoints (0..{n_refs - 1})")
     plan = plan_ingest(config, root, log, progress=_shard_progress(root))
     if checkpoint_index is not None:
-        if not 0 <= checkpoint_index < len(plan.refs):
-            raise RtnError(f"--checkpoint-index {checkpoint_index} is out of range: the run has {len(plan.refs)} "
-                           f"checkpoints (0..{len(plan.refs) - 1})")
         plan.todo = [ref for ref in plan.todo if ref == plan.refs[checkpoint_index]]
     if not plan.todo:
         log(f"run {plan.run_id}: the asked checkpoints are already in {root}; nothing to do")
@@ -131,7 +136,9 @@ def merge(root: Path, path: Path, log=print) -> dict:
         marked = _marked_steps(root, run_id)
         if not marked:
             continue
-        has_run, done = _warehouse_state(path, run_id)
+        stored, done = _existing(path, run_id)     # a run of that name made otherwise is refused, as ingest does
+        _check_same_run(stored, IngestConfig(**json.loads(_read(_run_dir(root, "runs", run_id) / PART)["config"][0])))
+        has_run = stored is not None
         for step in marked:
             if step in done:
                 skipped += 1
@@ -165,17 +172,6 @@ def _unfinished(root: Path, run_ids) -> list[tuple[str, int]]:
             if step not in marked:
                 found.add((run_id, step))
     return sorted(found)
-
-
-def _warehouse_state(path: Path, run_id: str) -> tuple[bool, set[int]]:
-    if not path.exists():
-        return False, set()
-    with warehouse.reading(path) as con:
-        tables = {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
-        if "runs" not in tables:
-            return False, set()
-        has_run = con.execute("select count(*) from runs where run_id = ?", [run_id]).fetchone()[0] > 0
-        return has_run, set(warehouse.done_steps(con, run_id))
 
 
 def _merge_run(con, root: Path, run_id: str) -> None:

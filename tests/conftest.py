@@ -114,7 +114,7 @@ def run_cli(*args, check=True, env: dict | None = None):
     import subprocess
     import sys
     proc = subprocess.run([sys.executable, "-m", "rtn.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"rtn {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
     return proc

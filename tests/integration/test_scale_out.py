@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -118,14 +119,19 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """Yields the address of a head and a worker node (one CPU each) started here; stops exactly those processes."""
+    """Yields the address of a head and a worker node (one CPU each) started here with token authentication, the
+    token exported to the tests' drivers as the README says; stops exactly those processes."""
     pytest.importorskip("ray", reason="the rtn[ray] extra is not installed")
     ray_bin = Path(sys.executable).parent / "ray"
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats", "--block",
               "--object-store-memory", str(100 * 2**20)]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0"}
+    patch = pytest.MonkeyPatch()
+    for key, value in auth.items():
+        patch.setenv(key, value)
     nodes = [subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false",
                                *common], start_new_session=True, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
@@ -140,21 +146,29 @@ def ray_cluster(tmp_path_factory):
             os.killpg(node.pid, signal.SIGTERM)
         for node in nodes:
             try:
-                node.wait(timeout=30)
+                node.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
+        patch.undo()
 
 
 def _wait_for_nodes(address: str, n: int, timeout: float = 120) -> None:
-    probe = (f"import ray, time; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
-             f"print(sum(node['Alive'] for node in ray.nodes()))")
+    import ray
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
-        if proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(n):
-            return
-        time.sleep(1)
-    raise AssertionError(f"the Ray cluster at {address} did not reach {n} node(s): {proc.stderr[-1500:]}")
+    while True:
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            break
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        while sum(node["Alive"] for node in ray.nodes()) < n:
+            assert time.monotonic() < deadline, f"the Ray cluster at {address} did not reach {n} node(s)"
+            time.sleep(0.5)
+    finally:
+        ray.shutdown()
 
 
 def _done_steps(path) -> int:
@@ -204,3 +218,28 @@ def test_ray_gpus_asked_of_a_cluster_without_gpus_fail_within_seconds(tmp_path, 
         "use --gpus-per-task 0 or a cluster with GPUs")
     assert time.monotonic() - started < 30
     assert not (tmp_path / "w.duckdb").exists()
+
+
+@pytest.mark.ray
+def test_ray_driver_without_the_clusters_token_fails_in_one_line(tmp_path, family, ray_cluster):
+    proc = run_cli(*family["args"], "--executor", "ray", "--ray-address", ray_cluster, "--warehouse",
+                   tmp_path / "w.duckdb", check=False, env={"RAY_AUTH_TOKEN": "0" * 64})
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"rtn: error: cannot join the Ray cluster at {ray_cluster}: ") and "RAY_AUTH_TOKEN" in last
+
+
+@pytest.mark.gpu
+@pytest.mark.ray
+def test_ray_fans_two_checkpoints_out_to_a_gpu_each(tmp_path, family):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("ray", reason="the rtn[ray] extra is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    args = [*family["args"], "--checkpoints", "step0,step1", "--device", "cuda"]
+    reference, path = tmp_path / "cuda.duckdb", tmp_path / "ray_gpu.duckdb"
+    run_cli(*args, "--warehouse", reference)
+    out = run_cli(*args, "--executor", "ray", "--gpus-per-task", 1, "--warehouse", path,
+                  env={"RAY_ADDRESS": ""}).stdout.splitlines()   # a local Ray with this machine's GPUs
+    assert out[-1].startswith("run r: ingested 2 checkpoint(s)")
+    inexact_columns(path, reference)      # every column equal, floats to REL_TOL (the same GPU kernels)
