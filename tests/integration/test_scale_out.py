@@ -153,22 +153,15 @@ def ray_cluster(tmp_path_factory):
 
 
 def _wait_for_nodes(address: str, n: int, timeout: float = 120) -> None:
-    import ray
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-            break
-        except ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    try:
-        while sum(node["Alive"] for node in ray.nodes()) < n:
-            assert time.monotonic() < deadline, f"the Ray cluster at {address} did not reach {n} node(s)"
-            time.sleep(0.5)
-    finally:
-        ray.shutdown()
+    # in a fresh process: this one may have imported Ray before the token was exported, and Ray reads it once
+    probe = (f"import ray, time; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
+             f"deadline = time.monotonic() + {timeout}\n"
+             f"while sum(node['Alive'] for node in ray.nodes()) < {n} and time.monotonic() < deadline:\n"
+             f"    time.sleep(0.2)\n"
+             f"print(sum(node['Alive'] for node in ray.nodes()))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout + 60,
+                          check=False)
+    assert proc.stdout.strip().splitlines()[-1:] == [str(n)], f"the Ray cluster at {address}: {proc.stderr[-1500:]}"
 
 
 def _done_steps(path) -> int:

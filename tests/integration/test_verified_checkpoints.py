@@ -90,8 +90,8 @@ def test_hub_family_with_all_checkpoints_lists_branches_downloads_each_and_flags
     assert sorted(r for r in weights if r.startswith("GET")) in (
         sorted(f"GET {commits[s]}" for s in (first, 2)) for first in (0, 1))
     assert [line for line in out.splitlines() if line.startswith("warning:")] == [
-        "warning: run tiny step 1 has the same weights as step 0: the checkpoint may not be what its name claims "
-        "(see the duplicate_checkpoints view)"]
+        ("warning: run tiny step 1 has the same weights as step 0: the checkpoint may not be what its name claims "
+         "(see the duplicate_checkpoints view)")]
     con = duckdb.connect(str(path), read_only=True)
     rows = con.execute("select step, revision, source from checkpoints order by step").fetchall()
     stored = {step: (layer, whole) for step, layer, whole in con.execute(
