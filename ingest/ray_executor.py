@@ -47,7 +47,8 @@ def _connect(options: RayOptions):
         raise RtnError("--executor ray needs Ray: pip install 'rtn[ray]'") from err
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+        # "local", not None: None would join whatever cluster /tmp/ray/ray_current_cluster names, even a dead one
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
         raise RtnError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]} (on a cluster with "

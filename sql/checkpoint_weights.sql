@@ -9,42 +9,25 @@ hashed as (
     where weights_sha256 is not null
 ),
 
-same_weights as (
+sharing as (
     select
-        hashed.run_id,
-        hashed.step,
-        min(other.step) as duplicate_of,          -- earliest other step whose whole state dict is identical
-        count(other.step) as n_same_weights,      -- other steps of the run with identical weights
+        *,
+        list(step) over (partition by run_id, weights_sha256) as steps_same_weights,   -- this step among them
+        list(step) over (partition by run_id, layer_sha256) as steps_same_layer,
     from hashed
-    left join hashed as other
-        on other.run_id = hashed.run_id and other.weights_sha256 = hashed.weights_sha256 and other.step <> hashed.step
-    group by hashed.run_id, hashed.step
-),
-
-same_layer as (
-    select
-        hashed.run_id,
-        hashed.step,
-        min(other.step) as same_layer_as,         -- earliest other step whose studied layer alone is identical
-    from hashed
-    left join hashed as other
-        on other.run_id = hashed.run_id and other.layer_sha256 = hashed.layer_sha256 and other.step <> hashed.step
-    group by hashed.run_id, hashed.step
 ),
 
 final as (
     select
-        hashed.run_id,
-        hashed.step,
-        hashed.revision,
-        same_weights.duplicate_of,
-        same_weights.n_same_weights,
-        same_layer.same_layer_as,
-        hashed.weights_sha256,
-        hashed.layer_sha256,
-    from hashed
-    inner join same_weights using (run_id, step)
-    inner join same_layer using (run_id, step)
+        run_id,
+        step,
+        revision,
+        list_min(list_filter(steps_same_weights, lambda s: s <> step)) as duplicate_of,  -- earliest other step, whole state dict identical
+        len(steps_same_weights) - 1 as n_same_weights,                                  -- other steps with identical weights
+        list_min(list_filter(steps_same_layer, lambda s: s <> step)) as same_layer_as,   -- earliest other step, studied layer identical
+        weights_sha256,
+        layer_sha256,
+    from sharing
 )
 
 select * from final

@@ -120,6 +120,38 @@ def run_cli(*args, check=True, env: dict | None = None):
     return proc
 
 
+def done_checkpoints(path) -> int:
+    """Returns how many checkpoints a warehouse marks done (0 while it is missing or a writer holds its lock)."""
+    import duckdb
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return 0
+    try:
+        return con.execute("select count(*) from checkpoints where status = 'done'").fetchone()[0]
+    except duckdb.Error:
+        return 0
+    finally:
+        con.close()
+
+
+def kill_cli_after(args, path, n_done: int, timeout: float = 300) -> int:
+    """Starts `rtn ARGS`, SIGKILLs it once the warehouse at `path` marks `n_done` checkpoints done (or it ended);
+    returns how many were done at the kill."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "rtn.cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while done_checkpoints(path) < n_done and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return done_checkpoints(path)
+
+
 def table_contents(path, ignore=("ingested_at", "created_at", "stage_seconds")):
     """Returns {table: sorted rows as tuples} of every base table, without wall-clock columns."""
     import duckdb

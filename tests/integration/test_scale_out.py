@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import make_corpus_docs, run_cli, save_checkpoint_family, table_contents
+from conftest import kill_cli_after, make_corpus_docs, run_cli, save_checkpoint_family, table_contents
 
 STEPS = (0, 1, 2)
 # Columns that may differ from the sequential run in the last float bits (a task's torch thread count changes the
@@ -127,13 +127,14 @@ def ray_cluster(tmp_path_factory):
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats", "--block",
               "--object-store-memory", str(100 * 2**20)]
+    head_only = ["--temp-dir", str(tmp_path_factory.mktemp("ray"))]   # logs and the cluster file, not /tmp/ray
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0"}
     patch = pytest.MonkeyPatch()
     for key, value in auth.items():
         patch.setenv(key, value)
     nodes = [subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                               *common], start_new_session=True, env=env,
+                               *head_only, *common], start_new_session=True, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         _wait_for_nodes(address, 1)
@@ -164,30 +165,11 @@ def _wait_for_nodes(address: str, n: int, timeout: float = 120) -> None:
     assert proc.stdout.strip().splitlines()[-1:] == [str(n)], f"the Ray cluster at {address}: {proc.stderr[-1500:]}"
 
 
-def _done_steps(path) -> int:
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error:
-        return 0
-    try:
-        return con.execute("select count(*) from checkpoints where status = 'done'").fetchone()[0]
-    except duckdb.Error:
-        return 0
-    finally:
-        con.close()
-
-
 @pytest.mark.ray
 def test_ray_ingest_killed_mid_way_resumes_to_the_sequential_tables(tmp_path, family, ray_cluster):
     path = tmp_path / "ray.duckdb"
     args = [*family["args"], "--executor", "ray", "--ray-address", ray_cluster, "--warehouse", path]
-    driver = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while _done_steps(path) < 1 and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.02)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    done_at_kill = _done_steps(path)
+    done_at_kill = kill_cli_after(args, path, n_done=1)
     assert 1 <= done_at_kill < len(STEPS), "the kill should land mid-way"
 
     resumed = run_cli(*args).stdout.splitlines()
