@@ -147,7 +147,7 @@ def ray_cluster(tmp_path_factory):
             os.killpg(node.pid, signal.SIGTERM)
         for node in nodes:
             try:
-                node.wait(timeout=10)
+                node.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
         patch.undo()
