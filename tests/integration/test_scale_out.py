@@ -102,11 +102,16 @@ def test_shards_of_separate_processes_merge_to_the_sequential_tables(tmp_path, f
     assert steps == [(s,) for s in STEPS]
 
 
-def test_shard_index_out_of_range_is_one_line(tmp_path, family):
+def test_shard_index_out_of_range_and_a_folder_without_shards_are_one_line(tmp_path, family):
     proc = run_cli(*family["args"], "--shard-dir", tmp_path / "s", "--checkpoint-index", 3, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "rtn: error: --checkpoint-index 3 is out of range: the run has 3 checkpoints (0..2)"]
+    proc = run_cli("merge", tmp_path, "--warehouse", tmp_path / "w.duckdb", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [(f"rtn: error: {tmp_path} holds no shards (no checkpoints/ folder); "
+                                                 "write them with `rtn ingest ... --shard-dir`")]
+    assert not (tmp_path / "w.duckdb").exists()
 
 
 # ---- Ray: a two-node cluster on this machine ---------------------------------------------------------------------
