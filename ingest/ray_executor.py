@@ -11,6 +11,7 @@ checkpoints reachable (a shared HF_HOME, or a cache per node).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -78,7 +79,8 @@ def ingest_ray(config: IngestConfig, path: Path, options: RayOptions, log=print)
     try:
         address = options.address or os.environ.get("RAY_ADDRESS") or None
         _check_resources(ray, options, address)
-        plan = plan_ingest(config, path, log)
+        # the driver needs no GPU of its own: --device cuda is checked in each task, on the GPU it was given
+        plan = plan_ingest(dataclasses.replace(config, device="auto") if config.device == "cuda" else config, path, log)
         if not plan.todo:
             log(f"run {plan.run_id}: all {len(plan.refs)} checkpoints already ingested; nothing to do")
             return {"run_id": plan.run_id, "ingested": 0, "skipped": len(plan.refs)}
