@@ -135,8 +135,8 @@ def step_x(steps: pl.Series) -> alt.X:
 
 def step_lines(data: pl.DataFrame, y: str, title: str, color: str = "run_id", dash: str | None = None) -> alt.Chart:
     """Returns a line-and-point chart of `y` over steps (symlog axis), one line per color/dash."""
-    encoding = {"x": step_x(data["step"]), "y": alt.Y(f"{y}:Q", title=y),
-                    "color": alt.Color(f"{color}:N"), "tooltip": ["step", color, alt.Tooltip(y, format=".4g")]}
+    encoding = dict(x=step_x(data["step"]), y=alt.Y(f"{y}:Q", title=y),
+                    color=alt.Color(f"{color}:N"), tooltip=["step", color, alt.Tooltip(y, format=".4g")])
     if dash:
         encoding.update(strokeDash=alt.StrokeDash(f"{dash}:N"), tooltip=["step", color, dash, alt.Tooltip(y, format=".4g")])
     return alt.Chart(data).mark_line(point=True).encode(**encoding).properties(title=title, height=240)
