@@ -161,6 +161,12 @@ def page_runs(runs: pl.DataFrame, selected: list[str]) -> None:
         tooltip=["run_id", "step", "revision", "tokens_seen", "status"]).properties(title="checkpoints ingested"))
     st.dataframe(runs.filter(pl.col("run_id").is_in(selected)).drop("config"), hide_index=True)
     st.dataframe(checkpoints, hide_index=True)
+    duplicates = load("duplicate_checkpoints", "run_id, step, revision, duplicate_of, same_layer_as, weights_sha256",
+                      "run_id, step", run_id=tuple(selected))
+    if duplicates.height:   # published branches are not always what they claim (Pythia's step0 = step1)
+        st.warning(f"{duplicates.height} checkpoint(s) hold the same weights as another step of their run "
+                   "(duplicate_of: the whole model; same_layer_as: the studied layer): their curves repeat a model.")
+        st.dataframe(duplicates, hide_index=True)
     for run in runs.filter(pl.col("run_id").is_in(selected)).iter_rows(named=True):
         with st.expander(f"{run['run_id']}: full ingest configuration"):
             st.json(run["config"])

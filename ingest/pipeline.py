@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 import rtn
 from rtn import warehouse
 from rtn.errors import RtnError
-from rtn.ingest import adapters, corpus, sources
+from rtn.ingest import adapters, corpus, hashing, sources
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.extract import extract_checkpoint
 from rtn.ingest.heads import check_head_layers
@@ -170,12 +171,32 @@ def _class_counts_line(run_id: str, data: corpus.EvalData, min_rare: int) -> str
     return line
 
 
-def ingest(config: IngestConfig, path: Path, log=print) -> dict:
-    """Ingests every checkpoint of `config` into the warehouse at `path`; returns a summary."""
-    path = Path(path)
+@dataclass
+class Plan:
+    """A validated ingest, ready to run: what every executor (here, Ray, shards) shares."""
+    config: IngestConfig
+    run_id: str
+    refs: list[sources.CheckpointRef]        # every checkpoint of the run, in step order
+    todo: list[sources.CheckpointRef]        # those not ingested yet
+    adapter: adapters.Adapter
+    layer: int
+    device: torch.device
+    data: corpus.EvalData | None = None      # the evaluation corpus (None when nothing is left to do)
+    run_rows: dict | None = None             # run-level rows to write with the first checkpoint (None: stored already)
+
+
+def _warehouse_progress(path: Path):
+    return lambda run_id: _existing(path, run_id)
+
+
+def plan_ingest(config: IngestConfig, path: Path, log=print, progress=None) -> Plan:
+    """Returns the validated plan of an ingest; `progress(run_id)` gives (stored config, done steps),
+    by default from the warehouse at `path` (which must then be writable)."""
     config = _resolved(config)
     _validate(config)
-    warehouse.check_writable(path)
+    if progress is None:
+        warehouse.check_writable(path)
+        progress = _warehouse_progress(path)
     device = sources.pick_device(config.device)
     corpus_spec = config.corpus
     if config.corpus == "synthetic":
@@ -200,44 +221,111 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
         raise RtnError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
                        f"{model_config.vocab_size}: they do not belong together")
     run_id = config.run_id()
-    stored, done = _existing(path, run_id)
+    stored, done = progress(run_id)
     _check_same_run(stored, config)
-    todo = [ref for ref in refs if ref.step not in done]
-    if not todo:
-        log(f"run {run_id}: all {len(refs)} checkpoints already ingested; nothing to do")
-        return {"run_id": run_id, "ingested": 0, "skipped": len(refs)}
-
-    data = corpus.prepare(config, corpus_spec, tokenizer, model_config.vocab_size)
-    log(_class_counts_line(run_id, data, config.min_rare))
-    run_rows = {
-        "runs": _run_row(config, model_config, adapter, layer, data, refs[0]), "corpora": data.corpus_row,
-        "token_frequencies": data.frequencies, "eval_tokens": data.eval_tokens(),
-        "activation_sample_positions": data.sample_positions(),
+    plan = Plan(config, run_id, refs, [ref for ref in refs if ref.step not in done], adapter, layer, device)
+    if not plan.todo:
+        return plan
+    plan.data = corpus.prepare(config, corpus_spec, tokenizer, model_config.vocab_size)
+    log(_class_counts_line(run_id, plan.data, config.min_rare))
+    plan.run_rows = None if stored else {
+        "runs": _run_row(config, model_config, adapter, layer, plan.data, refs[0]), "corpora": plan.data.corpus_row,
+        "token_frequencies": plan.data.frequencies, "eval_tokens": plan.data.eval_tokens(),
+        "activation_sample_positions": plan.data.sample_positions(),
     }
+    return plan
+
+
+@dataclass
+class CheckpointResult:
+    """One checkpoint's per-step tables (without run_id and step), its weight hashes and stage times."""
+    step: int
+    tables: dict[str, pl.DataFrame]
+    layer_sha256: str
+    weights_sha256: str
+    timer: StageTimer
+
+
+def checkpoint_tables(ref: sources.CheckpointRef, data: corpus.EvalData, config: IngestConfig,
+                      adapter: adapters.Adapter, layer: int, device: torch.device) -> CheckpointResult:
+    """Returns the extracted tables of one checkpoint: loads it, hashes its weights, runs every extractor."""
+    timer = StageTimer(f"ingest {config.run_id()} step {ref.step}")   # one line per stage where tqdm is silent
+    with timer("load"):
+        model = sources.load_model(ref, torch.float32, torch.device("cpu"))
+        if adapters.adapter_for(model) != adapter:
+            raise RtnError(f"{ref.source} is a {model.config.model_type} model, unlike the run's first checkpoint")
+    with timer("hash"):     # on the CPU copy just loaded, before it moves to the device
+        layer_sha256, weights_sha256 = hashing.weight_hashes(model, layer)
+    model = model.to(device)
+    tables = extract_checkpoint(model, data, config, timer, step=ref.step)
+    return CheckpointResult(ref.step, tables, layer_sha256, weights_sha256, timer)
+
+
+def checkpoint_row(run_id: str, ref: sources.CheckpointRef, result: CheckpointResult) -> pl.DataFrame:
+    """Returns the `checkpoints` row that marks a step done."""
+    return pl.DataFrame([{
+        "run_id": run_id, "step": ref.step, "revision": ref.revision, "source": ref.source,
+        "tokens_seen": ref.tokens_seen, "ingested_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "status": "done", "stage_seconds": json.dumps(result.timer.seconds),
+        "weights_sha256": result.weights_sha256, "layer_sha256": result.layer_sha256}],
+        schema_overrides={"tokens_seen": pl.Int64, "revision": pl.String})
+
+
+def write_step(con, run_id: str, step: int, tables: dict[str, pl.DataFrame]) -> None:
+    """Replaces one step's rows of every per-step table (not `checkpoints`) inside the caller's transaction."""
+    for table in STEP_TABLES:
+        rows = tables.get(table, pl.DataFrame())
+        if rows.height:
+            rows = rows.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(step).alias("step"))
+        warehouse.replace_rows(con, table, rows, run_id=run_id, step=step)
+
+
+def duplicate_line(con, run_id: str, step: int) -> str | None:
+    """Returns a one-line warning when a step's weights equal another step's of its run, else None."""
+    row = con.execute("select duplicate_of, same_layer_as from duplicate_checkpoints where run_id = ? and step = ?",
+                      [run_id, step]).fetchone()
+    if row is None:
+        return None
+    what, other = ("weights", row[0]) if row[0] is not None else ("studied layer's weights", row[1])
+    return (f"warning: run {run_id} step {step} has the same {what} as step {other}: the checkpoint may not be "
+            f"what its name claims (see the duplicate_checkpoints view)")
+
+
+def commit_checkpoint(path: Path, plan: Plan, ref: sources.CheckpointRef, result: CheckpointResult, log=print) -> None:
+    """Writes one checkpoint's result in one transaction (the run's rows with the first), `checkpoints` last."""
+    with warehouse.writing(path, wait_s=None, notice=warehouse.notice_on_stderr) as con:
+        write_started = time.perf_counter()   # the row that records the stages is written inside this
+        _claim_run(con, plan.config, plan.run_rows)
+        write_step(con, plan.run_id, ref.step, result.tables)
+        result.timer.record("write", time.perf_counter() - write_started)
+        warehouse.replace_rows(con, "checkpoints", checkpoint_row(plan.run_id, ref, result),
+                               run_id=plan.run_id, step=ref.step)
+        warning = duplicate_line(con, plan.run_id, ref.step)
+    plan.run_rows = None
+    if warning:
+        log(warning)
+
+
+def ingest(config: IngestConfig, path: Path, log=print) -> dict:
+    """Ingests every checkpoint of `config` into the warehouse at `path`; returns a summary."""
+    path = Path(path)
+    plan = plan_ingest(config, path, log)
+    if not plan.todo:
+        log(f"run {plan.run_id}: all {len(plan.refs)} checkpoints already ingested; nothing to do")
+        return {"run_id": plan.run_id, "ingested": 0, "skipped": len(plan.refs)}
     started = time.perf_counter()
-    for ref in tqdm(todo, desc=f"ingest {run_id}", unit="ckpt", file=sys.stderr, disable=None):
-        timer = StageTimer(f"ingest {run_id} step {ref.step}")   # one line per stage where tqdm is silent
-        with timer("load"):
-            model = sources.load_model(ref, torch.float32, device)
-        tables = extract_checkpoint(model, data, config, timer, step=ref.step)
-        with warehouse.writing(path, wait_s=None, notice=warehouse.notice_on_stderr) as con:
-            write_started = time.perf_counter()   # the row that records the stages is written inside this
-            _claim_run(con, config, run_rows)
-            for table in STEP_TABLES:
-                rows = tables.get(table, pl.DataFrame())
-                if rows.height:
-                    rows = rows.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(ref.step).alias("step"))
-                warehouse.replace_rows(con, table, rows, run_id=run_id, step=ref.step)
-            timer.record("write", time.perf_counter() - write_started)
-            warehouse.replace_rows(con, "checkpoints", pl.DataFrame([{
-                "run_id": run_id, "step": ref.step, "revision": ref.revision, "source": ref.source,
-                "tokens_seen": ref.tokens_seen, "ingested_at": datetime.now(timezone.utc).replace(tzinfo=None),
-                "status": "done", "stage_seconds": json.dumps(timer.seconds)}]), run_id=run_id, step=ref.step)
-        del model
+    for ref in tqdm(plan.todo, desc=f"ingest {plan.run_id}", unit="ckpt", file=sys.stderr, disable=None):
+        result = checkpoint_tables(ref, plan.data, plan.config, plan.adapter, plan.layer, plan.device)
+        commit_checkpoint(path, plan, ref, result, log)
+    return _summary(plan, started, path, log)
+
+
+def _summary(plan: Plan, started: float, where, log) -> dict:
     elapsed = time.perf_counter() - started
-    log(f"run {run_id}: ingested {len(todo)} checkpoint(s) in {elapsed:.1f} s "
-        f"({data.input_ids.numel()} positions, skipped {len(refs) - len(todo)} already done) into {path}")
-    return {"run_id": run_id, "ingested": len(todo), "skipped": len(refs) - len(todo), "seconds": elapsed}
+    skipped = len(plan.refs) - len(plan.todo)
+    log(f"run {plan.run_id}: ingested {len(plan.todo)} checkpoint(s) in {elapsed:.1f} s "
+        f"({plan.data.input_ids.numel()} positions, skipped {skipped} already done) into {where}")
+    return {"run_id": plan.run_id, "ingested": len(plan.todo), "skipped": skipped, "seconds": elapsed}
 
 
 def _tokenizer_source(config: IngestConfig, refs) -> str:
@@ -251,16 +339,19 @@ def _tokenizer_source(config: IngestConfig, refs) -> str:
     raise RtnError(f"no tokenizer found in {last} or {last.parent}; pass --tokenizer PATH")
 
 
-def _claim_run(con, config: IngestConfig, rows: dict[str, pl.DataFrame]) -> None:
+def _claim_run(con, config: IngestConfig, rows: dict[str, pl.DataFrame] | None) -> None:
     """Writes the run's rows unless the warehouse holds the run already, checked inside the write transaction: an
     ingest of the same run with other settings that committed since this one started is refused, nothing written."""
     stored = con.execute("select config from runs where run_id = ?", [config.run_id()]).fetchone()
     _check_same_run(json.loads(stored[0]) if stored else None, config)
     if stored is None:
-        _write_run(con, config.run_id(), rows)
+        if rows is None:
+            raise RtnError(f"run {config.run_id()} left the warehouse while this ingest ran; run it again")
+        write_run(con, config.run_id(), rows)
 
 
-def _write_run(con, run_id: str, rows: dict[str, pl.DataFrame]) -> None:
+def write_run(con, run_id: str, rows: dict[str, pl.DataFrame]) -> None:
+    """Replaces a run's own rows (runs, its corpus, eval tokens, sample positions) inside the caller's transaction."""
     corpus_id = rows["corpora"]["corpus_id"][0]
     warehouse.replace_rows(con, "corpora", rows["corpora"], corpus_id=corpus_id)
     warehouse.replace_rows(con, "token_frequencies", rows["token_frequencies"], corpus_id=corpus_id)

@@ -1,4 +1,4 @@
-"""The `rtn` command line: demo, ingest, analyze, query, app, bench.
+"""The `rtn` command line: demo, ingest, merge, analyze, query, app, bench.
 
 Every command exits non-zero with a one-line error (`rtn: error: ...`) on bad input.
 """
@@ -18,6 +18,20 @@ TABLE_ROWS = 50   # rows `rtn query` draws as a table (first and last half)
 def _add_warehouse(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", type=Path, default=warehouse.DEFAULT_WAREHOUSE,
                         help="DuckDB file (default: warehouse.duckdb, or $RTN_WAREHOUSE)")
+
+
+def _add_scale_out(ing: argparse.ArgumentParser) -> None:
+    scale = ing.add_argument_group("scale-out (README: Scale-out)")
+    scale.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: this process, one checkpoint after another; ray: one Ray task per checkpoint")
+    scale.add_argument("--ray-address", default=None, help="with --executor ray: a running cluster "
+                       "(default $RAY_ADDRESS, else a local Ray started for this ingest)")
+    scale.add_argument("--gpus-per-task", type=float, default=0, help="with --executor ray: GPUs each task asks for")
+    scale.add_argument("--cpus-per-task", type=float, default=1, help="with --executor ray: CPUs (= torch threads) per task")
+    scale.add_argument("--shard-dir", type=Path, default=None, metavar="DIR",
+                       help="write Parquet shards to DIR instead of the warehouse (load them with `rtn merge DIR`)")
+    scale.add_argument("--checkpoint-index", type=int, default=None, metavar="K",
+                       help="with --shard-dir: only the K-th checkpoint (0-based, step order), e.g. $SLURM_ARRAY_TASK_ID")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--head-layers", type=int, default=defaults.head_layers,
                      help="last K attention layers whose heads are ablated (0 = none)")
     ing.add_argument("--no-spectra", action="store_true", help="skip the weight spectra")
+    _add_scale_out(ing)
     _add_warehouse(ing)
+
+    merge = sub.add_parser("merge", help="load the finished Parquet shards of `rtn ingest --shard-dir` into the warehouse")
+    merge.add_argument("shard_dir", type=Path, metavar="DIR")
+    _add_warehouse(merge)
 
     ana = sub.add_parser("analyze", help="recompute the analysis tables")
     ana.add_argument("--run", default=None, help="one run (default: every run)")
@@ -116,6 +135,23 @@ def _ingest_config(args):
                         head_layers=args.head_layers, spectra=not args.no_spectra)
 
 
+def cmd_ingest(args) -> None:
+    if args.checkpoint_index is not None and args.shard_dir is None:
+        raise RtnError("--checkpoint-index needs --shard-dir DIR (each array job writes its own shards)")
+    if args.shard_dir is not None and args.executor != "local":
+        raise RtnError("--shard-dir runs in this process: drop --executor ray (or drop --shard-dir)")
+    if args.executor == "ray":
+        from rtn.ingest.ray_executor import RayOptions, ingest_ray
+        ingest_ray(_ingest_config(args), args.warehouse,
+                   RayOptions(args.ray_address, args.gpus_per_task, args.cpus_per_task))
+    elif args.shard_dir is not None:
+        from rtn.ingest.shards import ingest_shards
+        ingest_shards(_ingest_config(args), args.shard_dir, args.checkpoint_index)
+    else:
+        from rtn.ingest.pipeline import ingest
+        ingest(_ingest_config(args), args.warehouse)
+
+
 def cmd_query(args) -> None:
     from rtn import formats
     with warehouse.reading(args.warehouse) as con:
@@ -158,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             from rtn.demo import run_demo
             run_demo(args.warehouse)
         elif args.command == "ingest":
-            from rtn.ingest.pipeline import ingest
-            ingest(_ingest_config(args), args.warehouse)
+            cmd_ingest(args)
+        elif args.command == "merge":
+            from rtn.ingest.shards import merge
+            merge(args.shard_dir, args.warehouse)
         elif args.command == "analyze":
             from rtn.analyses import run_analyses
             run_analyses(args.warehouse, args.run, only_stale=args.stale_only)

@@ -106,15 +106,49 @@ def save_checkpoint_family(root, family: str = "gpt_neox", steps=(0, 1, 2, 4)):
     return root
 
 
-def run_cli(*args, check=True, cwd=None, preexec_fn=None):
-    """Runs `rtn ARGS` in a subprocess (in folder `cwd`, calling `preexec_fn` first there); returns the CompletedProcess."""
+def run_cli(*args, check=True, cwd=None, preexec_fn=None, env: dict | None = None):
+    """Runs `rtn ARGS` in a subprocess (in folder `cwd`, calling `preexec_fn` first there, with `env` added to the
+    environment); returns the CompletedProcess."""
+    import os
     import subprocess
     import sys
     proc = subprocess.run([sys.executable, "-m", "rtn.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          preexec_fn=preexec_fn, check=False)
+                          preexec_fn=preexec_fn, env={**os.environ, **(env or {})}, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"rtn {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def done_checkpoints(path) -> int:
+    """Returns how many checkpoints a warehouse marks done (0 while it is missing or a writer holds its lock)."""
+    import duckdb
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return 0
+    try:
+        return con.execute("select count(*) from checkpoints where status = 'done'").fetchone()[0]
+    except duckdb.Error:
+        return 0
+    finally:
+        con.close()
+
+
+def kill_cli_after(args, path, n_done: int, timeout: float = 300) -> int:
+    """Starts `rtn ARGS`, SIGKILLs it once the warehouse at `path` marks `n_done` checkpoints done (or it ended);
+    returns how many were done at the kill."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "rtn.cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while done_checkpoints(path) < n_done and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return done_checkpoints(path)
 
 
 def table_contents(path, ignore=("ingested_at", "created_at", "stage_seconds")):

@@ -8,5 +8,7 @@ create table if not exists checkpoints (
     ingested_at timestamp,
     status varchar,           -- 'done' once every extractor of the step is written
     stage_seconds json,       -- wall time of each ingest stage
+    weights_sha256 varchar,   -- sha256 of the whole state dict as loaded (names, dtypes, shapes, bytes; ingest/hashing.py)
+    layer_sha256 varchar,     -- sha256 of the studied layer's block alone, independent of its index
     primary key (run_id, step)
 );

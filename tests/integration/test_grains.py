@@ -23,6 +23,8 @@ def declared_grain(path) -> list[str]:
 
 
 SQL_FILES = {**sql.table_files(), **sql.view_files()}
+# Views empty on the filled run because it lacks the fact they list; each one's grain is checked where it holds rows.
+EMPTY_ON_FILLED = {"duplicate_checkpoints": "tests/integration/test_verified_checkpoints.py"}
 
 
 def test_grain_lines_are_read_from_every_table_and_view_file():
@@ -39,5 +41,8 @@ def test_declared_grain_is_unique(filled_warehouse, name):
         rows, distinct = con.execute(f"select count(*), count(distinct ({', '.join(grain)})) from {name}").fetchone()
     finally:
         con.close()
+    if name in EMPTY_ON_FILLED:
+        assert rows == 0, f"{name} should be empty on the filled run (its checkpoints all differ)"
+        return
     assert rows > 0, f"{name} is empty on the filled warehouse: the grain check would prove nothing"
     assert rows == distinct, f"{name}: {rows - distinct} rows share a grain ({', '.join(grain)})"
