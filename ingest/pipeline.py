@@ -130,8 +130,11 @@ def ingest(config: IngestConfig, path: Path, log=print) -> dict:
     adapter = adapters.adapter_for_type(model_config.model_type)
     n_layers = model_config.num_hidden_layers
     layer = adapters.check_layer(config.layer, n_layers)
-    if layer != n_layers - 1:
-        raise RtnError(f"--layer {config.layer}: exact ablation is implemented for the last layer only (-1)")
+    try:
+        config.studied_layers(n_layers)
+    except ValueError as err:
+        raise RtnError(f"--layers {config.layers} is not 'all' or a comma list of layers between "
+                       f"-{n_layers} and {n_layers - 1}") from err
     check_head_layers(n_layers, config.head_layers)
     if config.tokenizer:
         tokenizer = sources.load_tokenizer(config.tokenizer)

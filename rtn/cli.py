@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--tokens", type=int, default=defaults.tokens, help="evaluated positions per checkpoint")
     ing.add_argument("--seq-len", type=int, default=defaults.seq_len)
     ing.add_argument("--layer", type=int, default=defaults.layer, help="studied MLP layer (-1 = last)")
+    ing.add_argument("--layers", default=None, metavar="LIST|all",
+                     help="more MLP layers ablated exactly, every per-layer table filled: a comma list or all")
     ing.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
     ing.add_argument("--precision", default=defaults.precision, help="auto (float64 on CPU, float32 on CUDA), float64 or float32 ablation arithmetic")
     ing.add_argument("--rare-threshold", type=float, default=defaults.rare_threshold)
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _ingest_config(args):
     from rtn.ingest.config import IngestConfig
     return IngestConfig(model=args.model, checkpoints=args.checkpoints, corpus=args.corpus, run=args.run,
-                        tokenizer=args.tokenizer, tokens=args.tokens, seq_len=args.seq_len, layer=args.layer,
+                        tokenizer=args.tokenizer, tokens=args.tokens, seq_len=args.seq_len, layer=args.layer, layers=args.layers,
                         device=args.device, precision=args.precision, rare_threshold=args.rare_threshold, min_rare=args.min_rare,
                         frequencies=args.frequencies, rare_ranks=args.rare_ranks,
                         exclude_below_elbow=args.exclude_below_elbow,

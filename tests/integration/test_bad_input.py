@@ -5,7 +5,6 @@ import hashlib
 import json
 
 import pytest
-
 from conftest import run_cli, save_checkpoint_family, save_model_folder
 
 
@@ -54,6 +53,8 @@ CASES = {
     "unknown revision": (lambda r, m, c: ["--model", r / "ckpts", "--checkpoints", "step0,step999", "--corpus", c],
                          "unknown revision 'step999'"),
     "layer out of range": (lambda r, m, c: ["--model", m, "--corpus", c, "--layer", 7], "--layer 7"),
+    "layers out of range": (lambda r, m, c: ["--model", m, "--corpus", c, "--layers", "0,5"], "--layers 0,5"),
+    "layers not a list": (lambda r, m, c: ["--model", m, "--corpus", c, "--layers", "first"], "--layers first"),
     "more head layers than the model has": (lambda r, m, c: ["--model", m, "--corpus", c, "--head-layers", 5],
                                             "head"),
     "same run name, other settings": (lambda r, m, c: ["--model", m, "--corpus", c, "--tokens", 512, "--seq-len", 32],
