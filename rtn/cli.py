@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tokens", type=int, default=1024)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--sample-neurons", type=int, default=8, help="neurons timed on the slow paths")
+    bench.add_argument("--layer", type=int, default=None,
+                       help="time exact ablation of this earlier MLP layer (re-run from it) against the hook re-run")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--profile-ingest", metavar="MODEL_DIR", default=None,
                        help="ingest MODEL_DIR into a temporary warehouse and print each stage's wall time")
