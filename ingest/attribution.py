@@ -47,6 +47,9 @@ def attribution_deltas(model, adapter, input_ids: torch.Tensor, classes: torch.T
         acts.append(inputs[0])                                                   # [B, L, n], part of the graph
     grad_sum, act_grad_sum, act_sum = {}, {}, 0                                  # per class: sum_t g, sum_t a g
     with ExitStack() as stack, torch.enable_grad():
+        # the graph starts at the token embeddings whether or not the weights require gradients
+        embeddings = model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_())
+        stack.callback(embeddings.remove)
         for layer in range(len(blocks)):
             stack.enter_context(hooked(adapters.mlp_out_module(model, adapter, layer), keep_graph))
         for start in range(0, input_ids.shape[0], batch_size):

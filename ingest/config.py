@@ -40,6 +40,7 @@ class IngestConfig:
     batch_size: int = 16                # sequences per forward pass
     head_layers: int = 2                # last K attention layers whose heads are ablated (0 = none)
     spectra: bool = True                # fit the spectrum of every 2-D weight matrix
+    attribution: bool = True            # the first-order screen of every neuron of every layer (attribution_deltas)
 
     # Settings that change how a run is computed, not what it contains: a resumed run may differ in these.
     RUNTIME_ONLY = ("device", "batch_size")

@@ -10,6 +10,7 @@ import torch
 
 from rtn.ingest import adapters
 from rtn.ingest.ablation import ablate_all
+from rtn.ingest.attribution import attribution_rows
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks, mean_and_stderr
 from rtn.ingest.groups import ablation_groups, group_ablation_rows
@@ -62,6 +63,9 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
                  for layer in layers]
     tables = {name: pl.concat([frames[name] for frames in per_layer]) for name in per_layer[0]}
     tables["eval_losses"] = eval_losses
+    if config.attribution:
+        with timer("attribution"):
+            tables["attribution_deltas"] = attribution_rows(forward_model, adapter, data, config.batch_size)
     if config.spectra:
         with timer("spectra"):
             tables["weight_spectra"] = weight_spectra(model, adapter)

@@ -5,6 +5,7 @@ ingest resumes at the first missing checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -27,7 +28,7 @@ from rtn.ingest.progress import StageTimer
 SUGGESTED_MIN_RARE = 1024     # rare-target predictions for a rare-class ΔLoss whose standard error is small against it
 RUN_TABLES = ("eval_tokens", "activation_sample_positions")
 STEP_TABLES = ("neuron_stats", "activation_samples", "ablation_deltas", "eval_losses", "neuron_weights",
-               "weight_spectra", "head_ablations", "group_ablation_deltas", "neuron_token_effects")
+               "weight_spectra", "head_ablations", "group_ablation_deltas", "neuron_token_effects", "attribution_deltas")
 
 
 def _validate(config: IngestConfig) -> None:
@@ -66,7 +67,9 @@ def _check_same_run(stored: dict | None, config: IngestConfig) -> None:
     if stored is None:
         return
     wanted = config.content()
-    differing = [k for k in wanted if k != "checkpoints" and stored.get(k) != wanted[k]]
+    # a setting newer than the stored run's code is absent from its config: it ran with the default
+    defaults = {f.name: f.default for f in dataclasses.fields(IngestConfig)}
+    differing = [k for k in wanted if k != "checkpoints" and stored.get(k, defaults.get(k)) != wanted[k]]
     if differing:
         k = differing[0]
         raise RtnError(f"run {config.run_id()!r} already exists with {k}={stored.get(k)!r} (now {wanted[k]!r}); "

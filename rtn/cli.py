@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--head-layers", type=int, default=defaults.head_layers,
                      help="last K attention layers whose heads are ablated (0 = none)")
     ing.add_argument("--no-spectra", action="store_true", help="skip the weight spectra")
+    ing.add_argument("--no-attribution", action="store_true",
+                     help="skip the attribution screen (first-order ΔLoss of every neuron of every layer)")
     _add_warehouse(ing)
 
     ana = sub.add_parser("analyze", help="recompute the analysis tables")
@@ -109,7 +111,8 @@ def _ingest_config(args):
                         frequencies=args.frequencies, rare_ranks=args.rare_ranks,
                         exclude_below_elbow=args.exclude_below_elbow,
                         class_by=args.class_by, n_samples=args.samples, max_documents=args.max_documents,
-                        head_layers=args.head_layers, spectra=not args.no_spectra)
+                        head_layers=args.head_layers, spectra=not args.no_spectra,
+                        attribution=not args.no_attribution)
 
 
 def cmd_query(args) -> None:

@@ -88,3 +88,23 @@ def test_the_last_layer_of_an_all_layer_run_matches_a_last_layer_run(tmp_path, c
                         "using (step, layer, neuron, token_class) where a.run_id = 'last' and b.run_id = 'every'").fetchall()
     assert len(pairs) == 3 * N_MLP
     assert max(abs(a - b) for a, b in pairs) < 1e-6   # float32 vs float64 forward pass, float64 ablation arithmetic
+
+
+def test_influence_page_offers_every_ingested_layer(tmp_path, corpus_txt, monkeypatch):
+    from test_app import charts, count, open_page
+
+    from rtn.analyses import run_analyses
+    model_dir = save_model_folder(tmp_path / "model")
+    wh = tmp_path / "w.duckdb"
+    ingest(_config(model_dir, corpus_txt, run="every", layers="all"), wh, log=lambda *_: None)
+    run_analyses(wh, "every", log=lambda *_: None)
+    at = open_page("Influence", wh, monkeypatch)
+    assert at.selectbox(key="influence_layer").options == ["0", "1"] and at.selectbox(key="influence_layer").value == 1
+    at.selectbox(key="influence_layer").set_value(0).run()
+    assert not at.exception
+    (curve,) = charts(at)["rare targets · boost"]
+    expected = count(wh, "select count(*) from influence_regimes where run_id = 'every' and layer = 0 "
+                         "and token_class = 'rare' and sign = 'boost'")
+    assert curve.num_rows == expected > 0
+    agreement = count(wh, "select count(*) from attribution_agreement where run_id = 'every'")
+    assert agreement == 2 * 3                                   # both layers, three classes: exact and screen side by side

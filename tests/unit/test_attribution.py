@@ -88,3 +88,57 @@ def test_attribution_rows_cover_every_layer_neuron_and_class():
     rows = attribution_rows(model, adapters.adapter_for(model), data, batch_size=2)
     assert rows.height == 2 * 72 * 3 and set(rows["method"]) == {"attribution"}
     assert rows.filter(rows["token_class"] == "rare")["n"].unique().to_list() == [int((classes == RARE).sum())]
+
+
+def test_attribution_needs_no_weight_gradients():
+    model = tiny_model("llama", torch.float64)
+    adapter = adapters.adapter_for(model)
+    ids, classes = _batch()
+    with_grads, _ = attribution_deltas(model, adapter, ids, classes, batch_size=2)
+    model.requires_grad_(False)
+    without, _ = attribution_deltas(model, adapter, ids, classes, batch_size=5)
+    assert all(torch.allclose(with_grads[name], without[name], atol=1e-12, rtol=0) for name in with_grads)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_agreement_view_ranks_hand_written_rows():
+    import duckdb
+    import polars as pl
+
+    from rtn import sql, warehouse
+    con = duckdb.connect()
+    sql.create_tables(con)
+    exact, screen = [0.3, -0.1, 0.2, 0.0], [0.25, -0.2, 0.05, 0.1]          # ranks 4 1 3 2 and 4 1 2 3
+    key = {"run_id": "r", "step": 0, "token_class": "all", "n": 9}
+    warehouse.replace_rows(con, "ablation_deltas", pl.DataFrame(
+        [{**key, "layer": 0, "neuron": i, "delta_loss": d, "std_err": 0.01} for i, d in enumerate(exact)]))
+    warehouse.replace_rows(con, "attribution_deltas", pl.DataFrame(
+        [{**key, "layer": 0, "neuron": i, "method": "attribution", "delta_loss": d} for i, d in enumerate(screen)]
+        + [{**key, "layer": 1, "neuron": 0, "method": "attribution", "delta_loss": 0.5}]))   # no exact row: no agreement
+    sql.apply_views(con)
+    rows = con.execute("select layer, token_class, neurons, spearman, top10_overlap from attribution_agreement").fetchall()
+    assert len(rows) == 1 and rows[0][:3] == (0, "all", 4) and rows[0][4] == 4
+    assert abs(rows[0][3] - 0.8) < 1e-12                                       # 1 - 6 * (1 + 1) / (4 * 15)
+    methods = con.execute("select method, count(*) from ablation_methods group by method order by method").fetchall()
+    assert methods == [("attribution", 5), ("exact", 4)]
+
+
+def test_layer_comparison_ranks_layers_by_rare_lift_and_joins_the_screen():
+    import duckdb
+
+    from rtn import sql
+    con = duckdb.connect()
+    sql.create_tables(con)
+    sql.apply_views(con)
+    # replace the upstream views with hand-written rows: this view's own logic only
+    con.execute("create or replace view regime_dynamics as select * from (values "
+                "('r', 0, 0, 'boost', 'plateau', 'no_plateau', true, 3, 0.03, 1.2, 0.9, -0.5), "
+                "('r', 0, 1, 'boost', 'no_plateau', 'no_plateau', false, 0, 0.0, 0.1, 0.0, -0.7), "
+                "('r', 0, 1, 'suppress', 'plateau', 'plateau', true, 9, 0.09, 5.0, 0.0, -0.7)) as t("
+                "run_id, step, layer, sign, plateau_verdict_rare, plateau_verdict_common, has_plateau_rare, "
+                "plateau_size_rare, plateau_fraction_rare, plateau_lift_rare, plateau_lift_gap, power_law_slope_rare)")
+    con.execute("create or replace view attribution_agreement as select * from (values "
+                "('r', 0, 1, 'rare', 0.7::double), ('r', 0, 1, 'all', 0.9::double)) as t(run_id, step, layer, token_class, spearman)")
+    rows = con.execute("select layer, layers_compared, plateau_lift_rank, has_plateau_rare, attribution_spearman_rare, "
+                       "attribution_spearman_all from layer_comparison order by layer").fetchall()
+    assert rows == [(0, 2, 1, True, None, None), (1, 2, 2, False, 0.7, 0.9)]
