@@ -100,25 +100,22 @@ def bench_layer(config, layer_arg: int) -> dict:
 def format_layer_report(r: dict) -> str:
     """Returns the layer bench result as a readable table."""
     mark = "*" if r["extrapolated"] else ""
-    lines = [
-        f"rtn bench · {r['model']} · layer {r['layer']} of {r['n_layers']} · {r['neurons']} neurons · V {r['vocab']} · "
-        f"{r['positions']} positions · {r['device']}",
-        "",
-        f"{'method':<48}{'seconds':>12}{'per neuron':>14}{'vs re-run':>11}",
-        f"{'re-run from block ' + str(r['layer'] + 1) + ', neurons batched' + mark:<48}{r['rerun_s']:>12.4g}"
-        f"{r['rerun_s'] / r['neurons']:>14.3g}{'1.0x':>11}",
-        f"{'whole-model hook re-run' + mark:<48}{r['hook_s']:>12.4g}"
-        f"{r['hook_s'] / r['neurons']:>14.3g}{r['speedup_vs_hook']:>10.2f}x",
-    ]
+    header = (f"rtn bench · {r['model']} · layer {r['layer']} of {r['n_layers']} · {r['neurons']} neurons · "
+              f"V {r['vocab']} · {r['positions']} positions · {r['device']}")
+    rerun_row = (f"{'re-run from block ' + str(r['layer'] + 1) + ', neurons batched' + mark:<48}{r['rerun_s']:>12.4g}"
+                 f"{r['rerun_s'] / r['neurons']:>14.3g}{'1.0x':>11}")
+    hook_row = (f"{'whole-model hook re-run' + mark:<48}{r['hook_s']:>12.4g}"
+                f"{r['hook_s'] / r['neurons']:>14.3g}{r['speedup_vs_hook']:>10.2f}x")
+    lines = [header, "", f"{'method':<48}{'seconds':>12}{'per neuron':>14}{'vs re-run':>11}", rerun_row, hook_row]
     if r["extrapolated"]:
         lines.append(f"* extrapolated from {r['sample_neurons']} sampled neurons ({r['rerun_sample_s']:.3g} s and "
                      f"{r['hook_sample_s']:.3g} s)")
     lines += [
         "",
-        f"agreement on the sampled neurons: max |diff| of mean ΔLoss {r['max_abs_diff']:.2g}, per position "
-        f"{r['max_abs_diff_position']:.2g} (largest |mean ΔLoss| {r['max_abs_mean_delta']:.2g})",
-        f"most a re-run from block {r['layer'] + 1} can gain (multiply-adds per token, whole forward / re-run, "
-        f"unembedding included): {r['flop_ratio']:.2f}x",
+        (f"agreement on the sampled neurons: max |diff| of mean ΔLoss {r['max_abs_diff']:.2g}, per position "
+         f"{r['max_abs_diff_position']:.2g} (largest |mean ΔLoss| {r['max_abs_mean_delta']:.2g})"),
+        (f"most a re-run from block {r['layer'] + 1} can gain (multiply-adds per token, whole forward / re-run, "
+         f"unembedding included): {r['flop_ratio']:.2f}x"),
         f"clean pass (once per checkpoint, excluded): {r['clean_pass_s']:.2g} s",
     ]
     return "\n".join(lines)
