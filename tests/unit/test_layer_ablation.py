@@ -94,3 +94,19 @@ def test_sequences_without_included_positions_are_skipped_and_rows_stay_in_order
     slow = (_whole_model_losses(model, adapter, ids, 0, [5], mean_acts)
             - _whole_model_losses(model, adapter, ids, 0))[included]
     assert got.shape == slow.shape and (got - slow).abs().max().item() <= 1e-9
+
+
+def test_eager_attention_masks_are_tiled_with_the_batch(family):
+    """Eager attention records a [B, 1, L, L] mask per batch: the batched re-run must repeat it per ablation."""
+    model, adapter, ids, included, targets = _setup(family, torch.float64)
+    model.set_attn_implementation("eager")
+    clean = clean_pass(model, adapter, ids, [0], BATCH)
+    mask = clean.calls.calls[1][0]
+    assert any(torch.is_tensor(v) and v.ndim == 4 and v.shape[0] == BATCH for v in [*mask[0], *mask[1].values()])
+    mean_acts = clean.acts[0].flatten(0, 1).mean(0)
+    neurons = [torch.tensor([i]) for i in (1, 20, 33, 70)]
+    got = layer_deltas(model, adapter, clean, 0, mean_acts, targets, included, neurons, budget=BUDGET)
+    clean_losses = _whole_model_losses(model, adapter, ids, 0)[included]
+    for column, neuron in enumerate(neurons):
+        slow = _whole_model_losses(model, adapter, ids, 0, neuron, mean_acts)[included] - clean_losses
+        assert (got[:, column] - slow).abs().max().item() <= 1e-9
