@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--class-by", default=defaults.class_by, help="target (default) or input token's class")
     ing.add_argument("--samples", type=int, default=defaults.n_samples, help="positions kept in activation_samples")
     ing.add_argument("--max-documents", type=int, default=defaults.max_documents)
-    ing.add_argument("--head-layers", type=int, default=defaults.head_layers,
-                     help="last K attention layers whose heads are ablated (0 = none)")
+    ing.add_argument("--head-layers", default=str(defaults.head_layers),
+                     help="last K attention layers whose heads are ablated (0 = none, all = every layer)")
     ing.add_argument("--no-spectra", action="store_true", help="skip the weight spectra")
     ing.add_argument("--no-attribution", action="store_true",
                      help="skip the attribution screen (first-order ΔLoss of every neuron of every layer)")
@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _head_layers(value: str) -> int:
+    """Returns --head-layers as the config's int: K, or heads.EVERY_LAYER for 'all'."""
+    from rtn.ingest.heads import EVERY_LAYER
+    if value == "all":
+        return EVERY_LAYER
+    try:
+        return int(value)
+    except ValueError:
+        raise RtnError(f"--head-layers {value} is not a number of layers or all") from None
+
+
 def _ingest_config(args):
     from rtn.ingest.config import IngestConfig
     return IngestConfig(model=args.model, checkpoints=args.checkpoints, corpus=args.corpus, run=args.run,
@@ -111,7 +122,7 @@ def _ingest_config(args):
                         frequencies=args.frequencies, rare_ranks=args.rare_ranks,
                         exclude_below_elbow=args.exclude_below_elbow,
                         class_by=args.class_by, n_samples=args.samples, max_documents=args.max_documents,
-                        head_layers=args.head_layers, spectra=not args.no_spectra,
+                        head_layers=_head_layers(args.head_layers), spectra=not args.no_spectra,
                         attribution=not args.no_attribution)
 
 

@@ -55,6 +55,8 @@ CASES = {
     "layer out of range": (lambda r, m, c: ["--model", m, "--corpus", c, "--layer", 7], "--layer 7"),
     "layers out of range": (lambda r, m, c: ["--model", m, "--corpus", c, "--layers", "0,5"], "--layers 0,5"),
     "layers not a list": (lambda r, m, c: ["--model", m, "--corpus", c, "--layers", "first"], "--layers first"),
+    "head layers neither a number nor all": (lambda r, m, c: ["--model", m, "--corpus", c, "--head-layers", "many"],
+                                              "--head-layers many"),
     "more head layers than the model has": (lambda r, m, c: ["--model", m, "--corpus", c, "--head-layers", 5],
                                             "head"),
     "same run name, other settings": (lambda r, m, c: ["--model", m, "--corpus", c, "--tokens", 512, "--seq-len", 32],

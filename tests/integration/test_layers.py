@@ -110,15 +110,16 @@ def test_influence_page_offers_every_ingested_layer(tmp_path, corpus_txt, monkey
     assert agreement == 2 * 3                                   # both layers, three classes: exact and screen side by side
 
 
-def test_cli_layer_zero_studies_only_layer_zero(tmp_path, corpus_txt):
+def test_cli_layer_zero_studies_only_layer_zero_and_heads_of_every_layer(tmp_path, corpus_txt):
     from rtn.cli import main
     model_dir = save_model_folder(tmp_path / "model", "gpt2")
     wh = tmp_path / "w.duckdb"
     assert main(["ingest", "--model", str(model_dir), "--corpus", str(corpus_txt), "--tokens", "128", "--seq-len", "32",
-                 "--layer", "0", "--head-layers", "1", "--warehouse", str(wh)]) == 0
+                 "--layer", "0", "--head-layers", "all", "--warehouse", str(wh)]) == 0
     con = duckdb.connect(str(wh), read_only=True)
     assert con.execute("select layer from runs").fetchone()[0] == 0
     for table in ("ablation_deltas", "neuron_stats", "group_ablation_deltas", "neuron_token_effects"):
         assert con.execute(f"select distinct layer from {table}").fetchall() == [(0,)], table
     assert con.execute("select count(distinct layer) from attribution_deltas").fetchone()[0] == 2   # the screen: every layer
     assert con.execute("select count(*) from attribution_agreement").fetchone()[0] == 3            # layer 0, three classes
+    assert con.execute("select distinct layer from head_ablations order by 1").fetchall() == [(0,), (1,)]   # all
