@@ -38,7 +38,7 @@ class IngestConfig:
     max_documents: int = 50_000         # documents read from the corpus for token frequencies
     seed: int = 0                       # seeds the activation sample
     batch_size: int = 16                # sequences per forward pass
-    head_layers: int = 2                # last K attention layers whose heads are ablated (0 = none, -1 = every layer)
+    head_layers: int | str = 2          # last K attention layers whose heads are ablated (0 = none, "all" = every layer)
     spectra: bool = True                # fit the spectrum of every 2-D weight matrix
     attribution: bool = True            # the first-order screen of every neuron of every layer (attribution_deltas)
 

@@ -41,16 +41,16 @@ HEAD_ABLATIONS_SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "method": pl.Utf8,
                          "plateau_act_change": pl.Float64}
 
 
-EVERY_LAYER = -1   # --head-layers all
+EVERY_LAYER = "all"   # --head-layers all
 
 
-def check_head_layers(n_layers: int, k: int) -> None:
+def check_head_layers(n_layers: int, k: int | str) -> None:
     """Raises a one-line RtnError unless 0 <= k <= n_layers or k is EVERY_LAYER (k = --head-layers)."""
-    if not (0 <= k <= n_layers or k == EVERY_LAYER):
+    if k != EVERY_LAYER and not (isinstance(k, int) and 0 <= k <= n_layers):
         raise RtnError(f"--head-layers {k} must lie between 0 and {n_layers}, the model's number of layers, or be all")
 
 
-def head_layers(n_layers: int, k: int) -> list[int]:
+def head_layers(n_layers: int, k: int | str) -> list[int]:
     """Returns the 0-based indices of the last k attention layers (every layer for EVERY_LAYER)."""
     check_head_layers(n_layers, k)
     return list(range(n_layers)) if k == EVERY_LAYER else list(range(n_layers - k, n_layers))

@@ -103,11 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _head_layers(value: str) -> int:
-    """Returns --head-layers as the config's int: K, or heads.EVERY_LAYER for 'all'."""
-    from rtn.ingest.heads import EVERY_LAYER
+def _head_layers(value: str) -> int | str:
+    """Returns --head-layers as the config holds it: K, or 'all'."""
     if value == "all":
-        return EVERY_LAYER
+        return value
     try:
         return int(value)
     except ValueError:
