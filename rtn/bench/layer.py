@@ -18,7 +18,6 @@ import torch
 
 from rtn.errors import RtnError
 from rtn.ingest import adapters
-from rtn.ingest.capture import hooked
 from rtn.ingest.layer_ablation import clean_pass, layer_deltas
 
 
@@ -32,7 +31,7 @@ def _flops_per_token(model, adapter, first_block: int, seq_len: int) -> float:
 
 def bench_layer(config, layer_arg: int) -> dict:
     """Returns timings and agreement of the batched re-run against the hook re-run on sampled neurons of one layer."""
-    from rtn.bench.ablation import _load, _log, _timed
+    from rtn.bench.ablation import _load, _log, _timed, hook_rerun
     from rtn.ingest import sources
     device = sources.pick_device(config.device)
     if config.tokens < 2 or config.sample_neurons < 1:
@@ -61,26 +60,7 @@ def bench_layer(config, layer_arg: int) -> dict:
                                                                 included, groups))
     _log(f"re-run: {rerun_s:.3g} s; timing the whole-model hook re-run ...")
 
-    def hook_deltas():
-        def losses():
-            out = []
-            for s in range(0, ids.shape[0], batch_size):
-                logits = model(ids[s:s + batch_size], use_cache=False).logits[:, :-1]   # [b, L-1, V]
-                out.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[s:s + batch_size, 1:].reshape(-1),
-                                                             reduction="none"))
-            return torch.cat(out)
-        clean_losses, columns = losses(), []
-        for i in sample.tolist():
-            def set_mean(_module, inputs, i=i):
-                patched = inputs[0].clone()
-                patched[..., i] = mean_acts[i]
-                return (patched,)
-            with hooked(adapters.mlp_out_module(model, adapter, layer), set_mean):
-                columns.append(losses() - clean_losses)
-        return torch.stack(columns, 1)
-
-    with torch.no_grad():
-        hook, hook_s = _timed(device, hook_deltas)
+    hook, hook_s = hook_rerun(model, adapter, layer, ids, sample, mean_acts, device, batch_size)   # clean run untimed
     scale = n_mlp / len(sample)
     diff = (rerun_deltas.double() - hook.double())
     flop_ratio = _flops_per_token(model, adapter, 0, seq_len) / _flops_per_token(model, adapter, layer + 1, seq_len)
