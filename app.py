@@ -174,6 +174,10 @@ def page_runs(runs: pl.DataFrame, selected: list[str]) -> None:
 
 def page_influence(runs: pl.DataFrame, selected: list[str]) -> None:
     run_id, layer = pick_run(runs, selected)
+    layers = load("neuron_stats", "distinct layer", "layer", run_id=run_id)["layer"].to_list()   # --layers: several
+    if len(layers) > 1:
+        layer = st.selectbox("Layer", layers, index=layers.index(layer) if layer in layers else len(layers) - 1,
+                             key="influence_layer")
     steps = steps_of(run_id)
     if not steps:
         return st.info(f"Run {run_id} has no fully ingested checkpoint yet.")

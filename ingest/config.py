@@ -18,6 +18,9 @@ class IngestConfig:
                                         # --min-rare, min_rare of them are rare targets of windows chosen for them
     seq_len: int = 128                  # length of each evaluated sequence
     layer: int = -1                     # studied MLP layer, 0-based block index; negative counts from the end
+    layers: str | None = None           # MLP layers ablated exactly beside --layer: "all" or a comma list of block
+                                        # indices (negative count from the end); every per-layer table gets their rows.
+                                        # The last layer is analytic, earlier ones re-run the blocks after them
     device: str = "auto"                # auto (cuda when available), cpu or cuda
     precision: str = "auto"             # ablation arithmetic: float64, float32, or auto (float64 on CPU, float32 + the fused kernel on CUDA)
     rare_threshold: float = 0.5         # a type is rare below this percentile of types by count
@@ -35,8 +38,9 @@ class IngestConfig:
     max_documents: int = 50_000         # documents read from the corpus for token frequencies
     seed: int = 0                       # seeds the activation sample
     batch_size: int = 16                # sequences per forward pass
-    head_layers: int = 2                # last K attention layers whose heads are ablated (0 = none)
+    head_layers: int | str = 2          # last K attention layers whose heads are ablated (0 = none, "all" = every layer)
     spectra: bool = True                # fit the spectrum of every 2-D weight matrix
+    attribution: bool = True            # the first-order screen of every neuron of every layer (attribution_deltas)
 
     # Settings that change how a run is computed, not what it contains: a resumed run may differ in these.
     RUNTIME_ONLY = ("device", "batch_size")
@@ -53,6 +57,18 @@ class IngestConfig:
         if not 1 <= low <= high:
             raise ValueError(self.rare_ranks)
         return low, high
+
+    def studied_layers(self, n_layers: int) -> list[int]:
+        """Returns the 0-based MLP layers to study, ascending: --layer and --layers; ValueError when one is malformed."""
+        if self.layers is None:
+            wanted = [self.layer]
+        elif self.layers.strip() == "all":
+            wanted = list(range(n_layers))
+        else:
+            wanted = [self.layer, *(int(part) for part in self.layers.split(","))]
+        if not all(-n_layers <= layer < n_layers for layer in wanted):
+            raise ValueError(self.layers)
+        return sorted({layer % n_layers for layer in wanted})
 
     def to_json(self) -> str:
         """Returns the configuration as JSON, as stored in runs.config."""

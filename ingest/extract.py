@@ -1,44 +1,101 @@
 """One checkpoint in, the warehouse's per-step tables out (pure: no I/O)."""
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 import torch
 
 from rtn.ingest import adapters
 from rtn.ingest.ablation import ablate_all
-from rtn.ingest.capture import capture
+from rtn.ingest.attribution import attribution_rows
+from rtn.ingest.capture import Capture
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks, mean_and_stderr
 from rtn.ingest.groups import ablation_groups, group_ablation_rows
 from rtn.ingest.heads import head_ablations, recording
+from rtn.ingest.layer_ablation import CleanPass, clean_pass, layer_deltas
 from rtn.ingest.progress import StageTimer
-from rtn.ingest.readout import readout_of, token_losses
+from rtn.ingest.readout import Readout, readout_of, token_losses
 from rtn.ingest.spectra import weight_spectra
 from rtn.ingest.token_effects import token_effects
+
+
+@dataclass
+class _Predictions:
+    """The evaluated predictions of a checkpoint, shared by every studied layer."""
+    classes: torch.Tensor      # [S*L] class code of each position
+    keep: torch.Tensor         # [S*L] included predictions (M of them)
+    grid_targets: torch.Tensor # [S, L] token predicted at each position (pos + 1)
+    resid: torch.Tensor        # [M, d] final residual at the included predictions
+    targets: torch.Tensor      # [M]
+    masks: dict                # {token_class: [M] mask}
+    readout: Readout
 
 
 def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: StageTimer,
                        step: int = 0) -> dict[str, pl.DataFrame]:
     """Returns {table: rows without run_id/step} for one loaded checkpoint (`step` seeds its random groups)."""
     adapter = adapters.adapter_for(model)
-    layer = adapters.resolve_layer(model, adapter, config.layer)
+    n_layers = len(adapters.blocks(model, adapter))
+    primary = adapters.resolve_layer(model, adapter, config.layer)
+    layers = config.studied_layers(n_layers)
     device = next(model.parameters()).device
     precision = config.precision if config.precision != "auto" else ("float32" if device.type == "cuda" else "float64")
     dtype = torch.float64 if precision == "float64" else torch.float32
-    with timer("forward"), recording(model, adapter, config) as head_clean:   # the heads' clean pass too
-        cap = capture(model, adapter, layer, data.input_ids, config.batch_size, keep_device=True)
-    n_mlp = cap.acts.shape[-1]
-    acts_all = cap.acts.reshape(-1, n_mlp).to(dtype)            # [S*L, n]
-    classes = data.classes.reshape(-1).to(device)               # [S*L]
+    # Layers before the last re-run the model's blocks: in the ablation's precision, on a copy of the model.
+    forward_model = model if layers == [n_layers - 1] or dtype == model.dtype else copy.deepcopy(model).to(dtype)
+    # the heads' clean pass is this one (recorded) where the heads re-run the same model
+    heads_share = forward_model is model and primary in layers
+    with timer("forward"), recording(model, adapter, config if heads_share else None) as head_clean:
+        clean = clean_pass(forward_model, adapter, data.input_ids, layers, config.batch_size)
+        keep = (data.classes != EXCLUDED).reshape(-1).to(device)                   # [S*L]
+        grid_targets = torch.roll(data.input_ids, -1, dims=1).to(device)           # token at pos + 1
+        resid = torch.cat(clean.final).reshape(-1, clean.final[0].shape[-1]).to(dtype)[keep]   # [M, d]
+        targets = grid_targets.reshape(-1)[keep]
+        readout = readout_of(adapters.final_norm(forward_model, adapter), forward_model.get_output_embeddings()).to(dtype)
+        classes = data.classes.reshape(-1).to(device)
+        predictions = _Predictions(classes, keep, grid_targets, resid, targets, class_masks(classes[keep]), readout)
+        clean_losses = token_losses(resid, targets, readout)
+        eval_losses = pl.DataFrame([{"token_class": name, "mean_loss": float(clean_losses[mask].mean()),
+                                     "n": int(mask.sum())} for name, mask in predictions.masks.items()])
+
+    per_layer = [_layer_tables(forward_model, adapter, data, config, clean, layer, predictions, dtype, timer, step)
+                 for layer in layers]
+    tables = {name: pl.concat([frames[name] for frames in per_layer]) for name in per_layer[0]}
+    tables["eval_losses"] = eval_losses
+    if config.attribution:
+        with timer("attribution"):
+            tables["attribution_deltas"] = attribution_rows(forward_model, adapter, data, config.batch_size)
+    if config.spectra:
+        with timer("spectra"):
+            tables["weight_spectra"] = weight_spectra(model, adapter)
+    with timer("heads"):
+        groups = tables.pop("_groups")
+        plateau = groups.filter((pl.col("group_name") == "plateau") & (pl.col("layer") == primary))["neuron"].to_list()
+        clean_by_class = dict(zip(eval_losses["token_class"], eval_losses["mean_loss"]))
+        captured = Capture(clean.acts[primary], torch.cat(clean.final)) if head_clean is not None else None
+        tables["head_ablations"] = head_ablations(model, adapter, data, config, clean_by_class, plateau,
+                                                  recorded=head_clean, captured=captured)
+    return tables
+
+
+def _layer_tables(model, adapter, data: EvalData, config: IngestConfig, clean: CleanPass, layer: int,
+                  p: _Predictions, dtype: torch.dtype, timer: StageTimer, step: int) -> dict[str, pl.DataFrame]:
+    """Returns the per-layer tables of one studied MLP layer (and '_groups', the groups its ablation rows define)."""
+    n_mlp = clean.acts[layer].shape[-1]
+    acts_all = clean.acts[layer].reshape(-1, n_mlp).to(dtype)  # [S*L, n]
     mean_acts = acts_all.mean(0)                                # [n] the ablation means, over every position
+    neurons = np.arange(n_mlp, dtype=np.int32)
+    last = layer == len(adapters.blocks(model, adapter)) - 1
 
     with timer("neuron_stats"):
-        stats = {"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32),
-                 "mean_act": mean_acts.cpu().numpy(),
+        stats = {"layer": layer, "neuron": neurons, "mean_act": mean_acts.cpu().numpy(),
                  "std_act": acts_all.std(0, correction=1).cpu().numpy(),
                  "frac_active": (acts_all > 0).to(dtype).mean(0).cpu().numpy()}
-        for name, mask in class_masks(classes).items():
+        for name, mask in class_masks(p.classes).items():
             if name == "all":
                 continue
             picked = acts_all[mask]
@@ -46,52 +103,39 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
         neuron_stats = pl.DataFrame(stats)
 
     with timer("activation_samples"):
-        samples = acts_all[data.sample_flat.to(device)].T.float().cpu().numpy()   # [n, n_samples]
-        activation_samples = pl.DataFrame({"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32),
-                                           "acts": list(samples)},
+        samples = acts_all[data.sample_flat.to(acts_all.device)].T.float().cpu().numpy()   # [n, n_samples]
+        activation_samples = pl.DataFrame({"layer": layer, "neuron": neurons, "acts": list(samples)},
                                           schema_overrides={"acts": pl.List(pl.Float32)})
 
     with timer("ablation"):
-        keep = (data.classes != EXCLUDED).reshape(-1).to(device)                   # [S*L]
-        targets = torch.roll(data.input_ids, -1, dims=1).reshape(-1).to(device)   # token at pos + 1
-        resid = cap.resid.reshape(-1, cap.resid.shape[-1]).to(dtype)[keep]         # [M, d]
-        acts, targets = acts_all[keep], targets[keep]                             # [M, n], [M] included predictions
-        readout = readout_of(adapters.final_norm(model, adapter), model.get_output_embeddings()).to(dtype)
+        acts = acts_all[p.keep]                                                   # [M, n] included predictions
         w_in, w_out = adapters.mlp_weights(model, adapter, layer)
         w_out = w_out.to(dtype)                                                   # [n, d]
-        deltas = ablate_all(resid, acts, mean_acts, w_out, targets, readout)      # [M, n]
-        masks = class_masks(classes[keep])
+        included = p.keep.reshape(p.grid_targets.shape)
+
+        def rerun_deltas(groups=None):                                            # [M, G], layers before the last
+            return layer_deltas(model, adapter, clean, layer, mean_acts, p.grid_targets, included, groups)
+
+        deltas = ablate_all(p.resid, acts, mean_acts, w_out, p.targets, p.readout) if last else rerun_deltas()
         rows = []
-        for name, mask in masks.items():
+        for name, mask in p.masks.items():
             mean, stderr, n = mean_and_stderr(deltas, mask)
-            rows.append(pl.DataFrame({"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32), "token_class": name,
+            rows.append(pl.DataFrame({"layer": layer, "neuron": neurons, "token_class": name,
                                       "delta_loss": mean.cpu().numpy(), "std_err": stderr.cpu().numpy(), "n": n}))
         ablation = pl.concat(rows)
-        clean = token_losses(resid, targets, readout)
-        eval_losses = pl.DataFrame([{"token_class": name, "mean_loss": float(clean[mask].mean()),
-                                     "n": int(mask.sum())} for name, mask in masks.items()])
 
     with timer("weights"):
-        neuron_weights = pl.DataFrame({"layer": layer, "neuron": np.arange(n_mlp, dtype=np.int32),
+        neuron_weights = pl.DataFrame({"layer": layer, "neuron": neurons,
                                        "w_in": list(w_in.float().cpu().numpy()),
                                        "w_out": list(w_out.float().cpu().numpy())},
                                       schema_overrides={"w_in": pl.List(pl.Float32), "w_out": pl.List(pl.Float32)})
     tables = {"neuron_stats": neuron_stats, "activation_samples": activation_samples, "ablation_deltas": ablation,
-              "eval_losses": eval_losses, "neuron_weights": neuron_weights}
+              "neuron_weights": neuron_weights}
     with timer("token_effects"):
-        tables["neuron_token_effects"] = token_effects(readout, w_out, layer, data.vocab)
-    if config.spectra:
-        with timer("spectra"):
-            tables["weight_spectra"] = weight_spectra(model, adapter)
-
-    # --- attention heads and group synergy (ingest/heads.py, ingest/groups.py) ---
+        tables["neuron_token_effects"] = token_effects(p.readout, w_out, layer, data.vocab)
     with timer("group_ablation"):
         groups = ablation_groups(ablation, config.run_id(), step)   # the warehouse's neuron_groups SQL
-        tables["group_ablation_deltas"] = group_ablation_rows(groups, resid, acts, mean_acts, w_out, targets,
-                                                              readout, masks)
-    with timer("heads"):
-        plateau = groups.filter(pl.col("group_name") == "plateau")["neuron"].to_list()
-        clean_losses = dict(zip(eval_losses["token_class"], eval_losses["mean_loss"]))
-        tables["head_ablations"] = head_ablations(model, adapter, data, config, clean_losses, plateau,
-                                                  recorded=head_clean, captured=cap)
+        tables["group_ablation_deltas"] = group_ablation_rows(groups, p.resid, acts, mean_acts, w_out, p.targets,
+                                                              p.readout, p.masks, None if last else rerun_deltas)
+        tables["_groups"] = groups
     return tables

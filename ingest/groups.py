@@ -10,16 +10,14 @@ The joint ΔLoss of a group is exact (`ablation.group_deltas`); rows go to `grou
 """
 from __future__ import annotations
 
-
 import duckdb
 import polars as pl
 import torch
 
-from rtn import sql
+from rtn import sql, warehouse
 from rtn.ingest.ablation import groups_deltas
 from rtn.ingest.corpus import mean_and_stderr
 from rtn.ingest.readout import Readout
-from rtn import warehouse
 
 TOP_KS = tuple(range(1, 11))   # sizes of the top-k rare-boost prefixes ablated jointly
 TOP_BOOST = "top_boost"        # group_name of those prefixes (k = their size)
@@ -76,18 +74,21 @@ def ablation_groups(ablation_rows: pl.DataFrame, run_id: str, step: int, top_ks=
 @torch.no_grad()
 def group_ablation_rows(groups: pl.DataFrame, resid: torch.Tensor, acts: torch.Tensor, mean_acts: torch.Tensor,
                         w_out: torch.Tensor, targets: torch.Tensor, readout: Readout,
-                        masks: dict[str, torch.Tensor]) -> pl.DataFrame:
+                        masks: dict[str, torch.Tensor], joint_deltas=None) -> pl.DataFrame:
     """Returns group_ablation_deltas rows (without run_id/step): joint ΔLoss of each group per token class.
 
     groups: (layer, group_name, k, neuron) from `ablation_groups`; resid [M, d], acts [M, n] and
     targets [M] at the included predictions; mean_acts [n]; w_out [n, d]; masks {token_class: [M]}.
+    joint_deltas: a function from the groups' neuron tensors to ΔLoss [M, G] for a layer before the
+    last (ingest/layer_ablation.py); default the last layer's analytic `groups_deltas`.
     """
     keyed = [(key, sorted(members["neuron"].to_list()))
              for key, members in groups.group_by("layer", "group_name", "k", maintain_order=True)]
     if not keyed:
         return pl.DataFrame(schema=GROUP_ABLATION_SCHEMA)
-    joint = groups_deltas(resid, acts, mean_acts, w_out, targets, readout,
-                          [torch.tensor(neurons, device=acts.device) for _, neurons in keyed])   # [M, G]
+    neuron_sets = [torch.tensor(neurons, device=acts.device) for _, neurons in keyed]
+    joint = (joint_deltas(neuron_sets) if joint_deltas is not None                             # [M, G]
+             else groups_deltas(resid, acts, mean_acts, w_out, targets, readout, neuron_sets))
     rows = []
     for g, ((layer, group_name, k), neurons) in enumerate(keyed):
         for name, mask in masks.items():

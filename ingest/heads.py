@@ -41,16 +41,19 @@ HEAD_ABLATIONS_SCHEMA = {"layer": pl.Int32, "head": pl.Int32, "method": pl.Utf8,
                          "plateau_act_change": pl.Float64}
 
 
-def check_head_layers(n_layers: int, k: int) -> None:
-    """Raises a one-line RtnError unless 0 <= k <= n_layers (k = --head-layers)."""
-    if not 0 <= k <= n_layers:
-        raise RtnError(f"--head-layers {k} must lie between 0 and {n_layers}, the model's number of layers")
+EVERY_LAYER = "all"   # --head-layers all
 
 
-def head_layers(n_layers: int, k: int) -> list[int]:
-    """Returns the 0-based indices of the last k attention layers."""
+def check_head_layers(n_layers: int, k: int | str) -> None:
+    """Raises a one-line RtnError unless 0 <= k <= n_layers or k is EVERY_LAYER (k = --head-layers)."""
+    if k != EVERY_LAYER and not (isinstance(k, int) and 0 <= k <= n_layers):
+        raise RtnError(f"--head-layers {k} must lie between 0 and {n_layers}, the model's number of layers, or be all")
+
+
+def head_layers(n_layers: int, k: int | str) -> list[int]:
+    """Returns the 0-based indices of the last k attention layers (every layer for EVERY_LAYER)."""
     check_head_layers(n_layers, k)
-    return list(range(n_layers - k, n_layers))
+    return list(range(n_layers)) if k == EVERY_LAYER else list(range(n_layers - k, n_layers))
 
 
 def head_columns(head: int, n_heads: int, width: int) -> slice:
@@ -155,12 +158,13 @@ class CleanRecording:
 
 
 @contextmanager
-def recording(model, adapter: Adapter, config: IngestConfig):
-    """Yields the CleanRecording that every forward pass of `model` inside the block fills (None without head layers).
+def recording(model, adapter: Adapter, config: IngestConfig | None):
+    """Yields the CleanRecording that every forward pass of `model` inside the block fills (None without head
+    layers, or without a config: nothing recorded).
 
     The ingest's own capture pass runs inside it, so the heads need no clean pass of their own.
     """
-    layers = head_layers(len(adapters.blocks(model, adapter)), config.head_layers)
+    layers = head_layers(len(adapters.blocks(model, adapter)), config.head_layers) if config is not None else []
     if not layers:
         yield None
         return

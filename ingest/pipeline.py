@@ -30,7 +30,7 @@ from rtn.ingest.progress import StageTimer
 SUGGESTED_MIN_RARE = 1024     # rare-target predictions for a rare-class ΔLoss whose standard error is small against it
 RUN_TABLES = ("eval_tokens", "activation_sample_positions")
 STEP_TABLES = ("neuron_stats", "activation_samples", "ablation_deltas", "eval_losses", "neuron_weights",
-               "weight_spectra", "head_ablations", "group_ablation_deltas", "neuron_token_effects")
+               "weight_spectra", "head_ablations", "group_ablation_deltas", "neuron_token_effects", "attribution_deltas")
 
 
 def _validate(config: IngestConfig) -> None:
@@ -74,7 +74,9 @@ def _check_same_run(stored: dict | None, config: IngestConfig) -> None:
         return
     wanted = config.content()
     stored = {k: _absolute(v) if k in PATH_SETTINGS else v for k, v in stored.items()}   # runs stored paths as typed
-    differing = [k for k in wanted if k != "checkpoints" and stored.get(k) != wanted[k]]
+    # a setting newer than the stored run's code is absent from its config: it ran with the default
+    defaults = {f.name: f.default for f in dataclasses.fields(IngestConfig)}
+    differing = [k for k in wanted if k != "checkpoints" and stored.get(k, defaults.get(k)) != wanted[k]]
     if differing:
         k = differing[0]
         raise RtnError(f"run {config.run_id()!r} already exists with {k}={stored.get(k)!r} (now {wanted[k]!r}); "
@@ -208,8 +210,11 @@ def plan_ingest(config: IngestConfig, path: Path, log=print, progress=None) -> P
     model_config, adapter = _check_checkpoints(refs, config.seq_len)
     n_layers = model_config.num_hidden_layers
     layer = adapters.check_layer(config.layer, n_layers)
-    if layer != n_layers - 1:
-        raise RtnError(f"--layer {config.layer}: exact ablation is implemented for the last layer only (-1)")
+    try:
+        config.studied_layers(n_layers)
+    except ValueError as err:
+        raise RtnError(f"--layers {config.layers} is not 'all' or a comma list of layers between "
+                       f"-{n_layers} and {n_layers - 1}") from err
     check_head_layers(n_layers, config.head_layers)
     if config.tokenizer:
         tokenizer = sources.load_tokenizer(config.tokenizer)

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--tokens", type=int, default=defaults.tokens, help="evaluated positions per checkpoint")
     ing.add_argument("--seq-len", type=int, default=defaults.seq_len)
     ing.add_argument("--layer", type=int, default=defaults.layer, help="studied MLP layer (-1 = last)")
+    ing.add_argument("--layers", default=None, metavar="LIST|all",
+                     help="more MLP layers ablated exactly, every per-layer table filled: a comma list or all")
     ing.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
     ing.add_argument("--precision", default=defaults.precision, help="auto (float64 on CPU, float32 on CUDA), float64 or float32 ablation arithmetic")
     ing.add_argument("--rare-threshold", type=float, default=defaults.rare_threshold)
@@ -75,9 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--class-by", default=defaults.class_by, help="target (default) or input token's class")
     ing.add_argument("--samples", type=int, default=defaults.n_samples, help="positions kept in activation_samples")
     ing.add_argument("--max-documents", type=int, default=defaults.max_documents)
-    ing.add_argument("--head-layers", type=int, default=defaults.head_layers,
-                     help="last K attention layers whose heads are ablated (0 = none)")
+    ing.add_argument("--head-layers", default=str(defaults.head_layers),
+                     help="last K attention layers whose heads are ablated (0 = none, all = every layer)")
     ing.add_argument("--no-spectra", action="store_true", help="skip the weight spectra")
+    ing.add_argument("--no-attribution", action="store_true",
+                     help="skip the attribution screen (first-order ΔLoss of every neuron of every layer)")
     _add_scale_out(ing)
     _add_warehouse(ing)
 
@@ -111,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tokens", type=int, default=1024)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--sample-neurons", type=int, default=8, help="neurons timed on the slow paths")
+    bench.add_argument("--layer", type=int, default=None,
+                       help="time exact ablation of this earlier MLP layer (re-run from it) against the hook re-run")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--profile-ingest", metavar="MODEL_DIR", default=None,
                        help="ingest MODEL_DIR into a temporary warehouse and print each stage's wall time")
@@ -124,15 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _head_layers(value: str) -> int | str:
+    """Returns --head-layers as the config holds it: K, or 'all'."""
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise RtnError(f"--head-layers {value} is not a number of layers or all") from None
+
+
 def _ingest_config(args):
     from rtn.ingest.config import IngestConfig
     return IngestConfig(model=args.model, checkpoints=args.checkpoints, corpus=args.corpus, run=args.run,
-                        tokenizer=args.tokenizer, tokens=args.tokens, seq_len=args.seq_len, layer=args.layer,
+                        tokenizer=args.tokenizer, tokens=args.tokens, seq_len=args.seq_len, layer=args.layer, layers=args.layers,
                         device=args.device, precision=args.precision, rare_threshold=args.rare_threshold, min_rare=args.min_rare,
                         frequencies=args.frequencies, rare_ranks=args.rare_ranks,
                         exclude_below_elbow=args.exclude_below_elbow,
                         class_by=args.class_by, n_samples=args.samples, max_documents=args.max_documents,
-                        head_layers=args.head_layers, spectra=not args.no_spectra)
+                        head_layers=_head_layers(args.head_layers), spectra=not args.no_spectra,
+                        attribution=not args.no_attribution)
 
 
 def cmd_ingest(args) -> None:

@@ -24,19 +24,19 @@ def _exact_rms_norm(self, x):
     return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
 
 
-def tiny_model(family: str, dtype=torch.float32, seed: int = 0, vocab: int = VOCAB):
-    """Returns a random tiny causal LM of a family, in eval mode."""
+def tiny_model(family: str, dtype=torch.float32, seed: int = 0, vocab: int = VOCAB, n_layers: int = 2):
+    """Returns a random tiny causal LM of a family with `n_layers` blocks, in eval mode."""
     torch.manual_seed(seed)
     if family == "gpt_neox":
-        config = GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        config = GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
                                intermediate_size=72, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, initializer_range=0.2)
         model = GPTNeoXForCausalLM(config)
     elif family == "gpt2":
-        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_inner=72, n_positions=64,
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=n_layers, n_head=4, n_inner=72, n_positions=64,
                             bos_token_id=0, eos_token_id=0, initializer_range=0.2)
         model = GPT2LMHeadModel(config)
     elif family == "llama":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
                              num_key_value_heads=4, intermediate_size=72, max_position_embeddings=64,
                              bos_token_id=0, eos_token_id=0, pad_token_id=None, initializer_range=0.2)
         model = LlamaForCausalLM(config)

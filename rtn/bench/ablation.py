@@ -102,6 +102,32 @@ def _exp_rate_torch(device: torch.device) -> float:
     return x.numel() / best
 
 
+def hook_rerun(model, adapter, layer, ids, sample, mean_acts, device, batch_size):
+    """Returns (ΔLoss [N, s], seconds) of a whole-model re-run per sampled neuron of `layer`, its activation set to
+    its mean by a forward hook; the clean run it is measured against is not timed."""
+    def model_losses():
+        losses = []
+        for s in range(0, ids.shape[0], batch_size):
+            logits = model(ids[s:s + batch_size], use_cache=False).logits[:, :-1]   # [b, L-1, V]
+            losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[s:s + batch_size, 1:].reshape(-1),
+                                                            reduction="none"))
+        return torch.cat(losses)
+
+    with torch.no_grad():
+        clean, hook = model_losses(), []
+        _sync(device)
+        start = time.perf_counter()
+        for i in tqdm(sample.tolist(), desc="hook re-run", file=sys.stderr, disable=None, leave=False):
+            def set_mean(_module, inputs, i=i):
+                patched = inputs[0].clone()
+                patched[..., i] = mean_acts[i]
+                return (patched,)
+            with hooked(adapters.mlp_out_module(model, adapter, layer), set_mean):
+                hook.append(model_losses() - clean)
+        _sync(device)
+    return torch.stack(hook, 1), time.perf_counter() - start
+
+
 def _slow_paths(model, adapter, layer, ids, resid, acts, w_out, sample, mean_acts, device, batch_size):
     """Returns (patch ΔLoss [N, s], patch seconds, hook ΔLoss [N, s], hook seconds) for the sampled neurons."""
     norm, unembed = adapters.final_norm(model, adapter), model.get_output_embeddings()
@@ -112,17 +138,8 @@ def _slow_paths(model, adapter, layer, ids, resid, acts, w_out, sample, mean_act
         return torch.cat([torch.nn.functional.cross_entropy(unembed(norm(r[t:t + rows])), targets[t:t + rows],
                                                             reduction="none") for t in range(0, len(r), rows)])
 
-    def model_losses():
-        losses = []
-        for s in range(0, ids.shape[0], batch_size):
-            logits = model(ids[s:s + batch_size], use_cache=False).logits[:, :-1]   # [b, L-1, V]
-            losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[s:s + batch_size, 1:].reshape(-1),
-                                                            reduction="none"))
-        return torch.cat(losses)
-
     with torch.no_grad():
-        clean_patch, clean_hook = patch_losses(resid), model_losses()
-        patch, hook = [], []
+        clean_patch, patch = patch_losses(resid), []
         _sync(device)
         start = time.perf_counter()
         for i in tqdm(sample.tolist(), desc="residual patch", file=sys.stderr, disable=None, leave=False):
@@ -130,17 +147,8 @@ def _slow_paths(model, adapter, layer, ids, resid, acts, w_out, sample, mean_act
             patch.append(patch_losses(resid + c[:, None] * w_out[i]) - clean_patch)
         _sync(device)
         patch_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for i in tqdm(sample.tolist(), desc="hook re-run", file=sys.stderr, disable=None, leave=False):
-            def set_mean(_module, inputs, i=i):
-                patched = inputs[0].clone()
-                patched[..., i] = mean_acts[i]
-                return (patched,)
-            with hooked(adapters.mlp_out_module(model, adapter, layer), set_mean):
-                hook.append(model_losses() - clean_hook)
-        _sync(device)
-        hook_s = time.perf_counter() - start
-    return torch.stack(patch, 1), patch_s, torch.stack(hook, 1), hook_s
+    hook, hook_s = hook_rerun(model, adapter, layer, ids, sample, mean_acts, device, batch_size)
+    return torch.stack(patch, 1), patch_s, hook, hook_s
 
 
 def bench(config: BenchConfig) -> dict:

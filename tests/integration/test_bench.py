@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli
+
+from rtn.cli import main
 from rtn.ingest import ablation
 from rtn.ingest.ablation import neuron_deltas
 from rtn.ingest.readout import Readout
-from rtn.cli import main
 
 BENCH_KEYS = ("fast_s", "patch_s", "hook_s", "speedup_vs_patch", "speedup_vs_hook", "max_abs_diff",
               "exp_floor_fraction", "device", "shape", "tokens", "neurons", "vocab", "patch_extrapolated",
@@ -98,3 +98,13 @@ def test_compiled_cpu_loop_equals_the_eager_path(monkeypatch):
     assert len(calls) == 1 + 4 and not ablation._compile_failed          # the warm-up, then the blocks
     assert (fast - reference).abs().max() <= 1e-5
     assert reference.abs().max() > 0.1
+
+
+def test_layer_bench_json_agrees_with_the_hook_rerun(capsys):
+    assert main(["bench", "--shape", "tiny", "--layer", "0", "--tokens", "128", "--device", "cpu",
+                 "--sample-neurons", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["layer"] == 0 and result["n_layers"] == 2 and result["extrapolated"] and result["sample_neurons"] == 4
+    assert result["max_abs_diff_position"] <= 1e-5 and result["max_abs_mean_delta"] > 1e-4
+    assert result["rerun_s"] == pytest.approx(result["rerun_sample_s"] * 96 / 4)
+    assert 1 < result["flop_ratio"] < 2      # blocks 1.. of 2 plus the unembedding, over the whole forward
