@@ -14,6 +14,7 @@ from rtn.errors import RtnError
 
 DEMO_RUN = "demo"
 PLANTED_RUN = "planted"  # the trained model with specialists planted by hand (rtn/demo/planted.py)
+LAYERS_RUN = "demo-layers"  # the demo's first and last checkpoints with every MLP layer ablated exactly
 REAL_RUN = "smollm2-sotu"
 SUMMARY_TABLES = ("checkpoints", "token_frequencies", "eval_tokens", "neuron_stats", "activation_samples",
                   "ablation_deltas", "neuron_weights", "weight_spectra", "head_ablations", "group_ablation_deltas")
@@ -24,6 +25,15 @@ def demo_config(assets):
     from rtn.ingest.config import IngestConfig
     return IngestConfig(model=str(assets.checkpoint_dir), checkpoints="all", corpus=str(assets.corpus_path),
                         run=DEMO_RUN, tokens=4096, seq_len=assets.config.seq_len, n_samples=512)
+
+
+def layers_config(assets):
+    """Returns the IngestConfig of the per-layer run: the demo's settings, its first and last checkpoints, every layer
+    exact (an earlier layer re-runs the blocks after it per neuron: two checkpoints, not thirteen)."""
+    import dataclasses
+    steps = sorted(int(folder.name.removeprefix("step")) for folder in Path(assets.checkpoint_dir).glob("step*"))
+    return dataclasses.replace(demo_config(assets), run=LAYERS_RUN, checkpoints=f"step{steps[0]},step{steps[-1]}",
+                               layers="all")
 
 
 def planted_config(planted):
@@ -45,7 +55,8 @@ def run_demo(path: Path, log=print) -> None:
     assets = ensure_demo()
     ingest(demo_config(assets), path, log=log)
     ingest(planted_config(ensure_planted(assets)), path, log=log)
-    for run in (DEMO_RUN, PLANTED_RUN):
+    ingest(layers_config(assets), path, log=log)
+    for run in (DEMO_RUN, PLANTED_RUN, LAYERS_RUN):
         _analyze(path, run)
     log(summary(path))
     log(f"demo ready in {time.perf_counter() - started:.0f} s. Next:\n"
@@ -142,6 +153,8 @@ def summary(path: Path) -> str:
                            [DEMO_RUN]).fetchone()
         planted = con.execute("select plateau_verdict, head_size, plateau_lift, lift_threshold from regime_summary "
                               "where run_id = ? and token_class = 'rare' and sign = 'boost'", [PLANTED_RUN]).fetchone()
+        layers = con.execute("select step, layer, plateau_verdict_rare, plateau_lift_rare, attribution_spearman_rare "
+                             "from layer_comparison where run_id = ? order by step, layer", [LAYERS_RUN]).fetchall()
     if last and last[2] == "plateau":
         lines.append(f"  rare-token boost curve at step {last[3]}: a plateau of {last[0]} neurons "
                      f"({100 * last[1]:.1f} % of the layer), {last[4]:+.2f} nats above the power law")
@@ -153,6 +166,10 @@ def summary(path: Path) -> str:
         lines.append(f"  run '{PLANTED_RUN}' (specialists planted by hand): rare-token boost verdict {planted[0]}, "
                      f"head of {planted[1]} neurons, lift {planted[2] or 0:+.2f} nats against a threshold of "
                      f"{planted[3] or 0:.2f}")
+    for step, layer, verdict, lift, rho in layers:
+        lines.append(f"  run '{LAYERS_RUN}' step {step} MLP layer {layer}: rare-token boost verdict {verdict}, "
+                     f"head lift {lift or 0:+.2f} nats; attribution screen vs exact, Spearman ρ (rare) "
+                     + ("n/a" if rho is None else f"{rho:.3f}"))
     return "\n".join(lines)
 
 
