@@ -14,25 +14,12 @@ import time
 import types
 
 import duckdb
-from conftest import save_checkpoint_family, table_contents
+from conftest import done_checkpoints, save_checkpoint_family, table_contents
 
 STEPS = (0, 1, 2, 3, 4)
 KILLS = 10
 PRELOAD = ["rtn.cli", "rtn.ingest.pipeline", "rtn.ingest.extract", "transformers",
            "transformers.models.gpt_neox.modeling_gpt_neox", "datasets"]
-
-
-def _done_steps(path) -> int:
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error:          # missing, or the writer holds the lock right now
-        return 0
-    try:
-        return con.execute("select count(*) from checkpoints where status = 'done'").fetchone()[0]
-    except duckdb.Error:
-        return 0
-    finally:
-        con.close()
 
 
 def _rtn(argv: list[str]) -> None:
@@ -88,7 +75,7 @@ def test_killed_ingest_resumes_to_identical_tables(tmp_path, corpus_txt, monkeyp
         if proc.exitcode is None:
             proc.kill()               # SIGKILL: no clean-up, no rollback
             proc.join()
-            done_at_kills.append(_done_steps(killed))
+            done_at_kills.append(done_checkpoints(killed))
             continue
         assert proc.exitcode == 0
         assert table_contents(killed) == expected
