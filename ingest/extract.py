@@ -11,7 +11,6 @@ import torch
 from rtn.ingest import adapters
 from rtn.ingest.ablation import ablate_all
 from rtn.ingest.attribution import attribution_rows
-from rtn.ingest.capture import Capture
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks, mean_and_stderr
 from rtn.ingest.groups import ablation_groups, group_ablation_rows
@@ -76,9 +75,8 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
         groups = tables.pop("_groups")
         plateau = groups.filter((pl.col("group_name") == "plateau") & (pl.col("layer") == primary))["neuron"].to_list()
         clean_by_class = dict(zip(eval_losses["token_class"], eval_losses["mean_loss"]))
-        captured = Capture(clean.acts[primary], torch.cat(clean.final)) if head_clean is not None else None
         tables["head_ablations"] = head_ablations(model, adapter, data, config, clean_by_class, plateau,
-                                                  recorded=head_clean, captured=captured)
+                                                  recorded=head_clean, ingest_pass=clean)
     return tables
 
 

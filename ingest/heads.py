@@ -31,6 +31,7 @@ from rtn.ingest.adapters import Adapter
 from rtn.ingest.capture import hooked
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks
+from rtn.ingest.layer_ablation import CleanPass
 from rtn.ingest.readout import cross_entropy
 
 METHODS = ("mean", "bos")
@@ -183,25 +184,28 @@ def recording(model, adapter: Adapter, config: IngestConfig | None):
         yield CleanRecording(calls, sums)
 
 
-def _clean_from_capture(model, adapter: Adapter, resid: torch.Tensor, acts: torch.Tensor, input_ids: torch.Tensor,
-                        included: torch.Tensor, batch_size: int, dtype: torch.dtype, plateau: torch.Tensor) -> _Pass:
-    """Returns the clean _Pass from a capture: losses at `included` positions computed batch by batch as _rerun
-    computes the ablated ones, plateau activations from `acts`."""
-    losses = _included_losses(model, adapter, resid.split(batch_size), input_ids, included, batch_size, dtype)
+def _clean_from_pass(model, adapter: Adapter, ingest_pass: CleanPass, studied: int, input_ids: torch.Tensor,
+                     included: torch.Tensor, batch_size: int, dtype: torch.dtype, plateau: torch.Tensor) -> _Pass:
+    """Returns the clean _Pass from the ingest's clean pass: losses at `included` positions from its final residuals,
+    batch by batch as _rerun computes the ablated ones, plateau activations from its studied layer's."""
+    losses = _included_losses(model, adapter, ingest_pass.final, input_ids, included, batch_size, dtype)
+    acts = ingest_pass.acts[studied]
     return _Pass(losses, acts.reshape(-1, acts.shape[-1])[:, plateau.to(acts.device)].to(dtype))
 
 
 @torch.no_grad()
 def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig,
                    clean_losses_by_class: dict[str, float] | None, plateau_neurons,
-                   methods=METHODS, recorded: CleanRecording | None = None, captured=None) -> pl.DataFrame:
+                   methods=METHODS, recorded: CleanRecording | None = None,
+                   ingest_pass: CleanPass | None = None) -> pl.DataFrame:
     """Returns head_ablations rows (without run_id/step) for every head and whole layer of the last K layers.
 
     clean_losses_by_class: {token_class: clean mean loss} (eval_losses), the denominator of
     relative_change; None takes it from this function's own clean run. plateau_neurons: the
     neurons of the studied layer whose mean |activation change| is reported (empty: NaN).
-    recorded + captured: the CleanRecording and the ingest's Capture of one clean pass over
-    data.input_ids (ingest/extract.py); without them this function makes its own clean pass.
+    recorded + ingest_pass: the CleanRecording and the ingest's CleanPass (of the studied layer, in batches of
+    config.batch_size) of one clean pass over data.input_ids (ingest/extract.py); without them this function makes
+    its own clean pass.
     """
     n_layers = len(adapters.blocks(model, adapter))
     layers = head_layers(n_layers, config.head_layers)
@@ -218,8 +222,8 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
             clean = _run(model, adapter, data.input_ids, config.batch_size, dtype, studied, plateau)
         recorded = own
     else:
-        clean = _clean_from_capture(model, adapter, captured.resid, captured.acts, data.input_ids,
-                                    data.classes != EXCLUDED, config.batch_size, dtype, plateau)
+        clean = _clean_from_pass(model, adapter, ingest_pass, studied, data.input_ids, data.classes != EXCLUDED,
+                                 config.batch_size, dtype, plateau)
     calls = recorded.calls
     means = {layer: total / data.input_ids.numel() for layer, total in recorded.sums.items()}   # over every eval position
     masks = class_masks(data.classes.reshape(-1).to(device))

@@ -133,19 +133,20 @@ def test_head_ablations_from_the_recorded_residual_equal_whole_model_reruns(fami
 
 
 @pytest.mark.parametrize("studied_layer", [-1, 0])
-def test_head_ablations_from_the_ingests_capture_pass_equal_their_own_clean_pass(family, studied_layer):
-    """The ingest records the heads' clean pass during its capture (base model, no logits): same rows."""
-    from rtn.ingest.capture import capture
+def test_head_ablations_from_the_ingests_clean_pass_equal_their_own_clean_pass(family, studied_layer):
+    """The ingest records the heads' clean pass during its own (base model, no logits): same rows."""
+    from rtn.ingest.layer_ablation import clean_pass
     model = tiny_model(family, torch.float64)
     adapter = adapters.adapter_for(model)
     data, plateau = _data(), [1, 30, 64]
     config = IngestConfig(model="tiny", head_layers=2, batch_size=2, precision="float64", layer=studied_layer)
     own = heads.head_ablations(model, adapter, data, config, None, plateau)
     with heads.recording(model, adapter, config) as recorded:
-        cap = capture(model, adapter, adapters.resolve_layer(model, adapter, studied_layer), data.input_ids,
-                      config.batch_size, keep_device=True)
+        ingest_pass = clean_pass(model, adapter, data.input_ids, [adapters.resolve_layer(model, adapter, studied_layer)],
+                                 config.batch_size)
     assert recorded.calls.n_batches() == 3 and sorted(recorded.sums) == [0, 1]
-    shared = heads.head_ablations(model, adapter, data, config, None, plateau, recorded=recorded, captured=cap)
+    shared = heads.head_ablations(model, adapter, data, config, None, plateau, recorded=recorded,
+                                  ingest_pass=ingest_pass)
     keys = ["layer", "head", "method", "token_class"]
     joined = own.join(shared, on=keys, suffix="_shared")
     assert joined.height == own.height == shared.height == 2 * 2 * 5 * 3
