@@ -31,8 +31,10 @@ def layers_config(assets):
     """Returns the IngestConfig of the per-layer run: the demo's settings, its first and last checkpoints, every layer
     exact (an earlier layer re-runs the blocks after it per neuron: two checkpoints, not thirteen)."""
     import dataclasses
-    steps = sorted(int(folder.name.removeprefix("step")) for folder in Path(assets.checkpoint_dir).glob("step*"))
-    return dataclasses.replace(demo_config(assets), run=LAYERS_RUN, checkpoints=f"step{steps[0]},step{steps[-1]}",
+
+    from rtn.ingest.sources import resolve_checkpoints
+    refs = resolve_checkpoints(str(assets.checkpoint_dir), "all")   # step order, as the demo run ingests them
+    return dataclasses.replace(demo_config(assets), run=LAYERS_RUN, checkpoints=f"{refs[0].revision},{refs[-1].revision}",
                                layers="all")
 
 
