@@ -134,20 +134,30 @@ def done_checkpoints(path) -> int:
         con.close()
 
 
-def kill_cli_after(args, path, n_done: int, timeout: float = 300) -> int:
-    """Starts `rtn ARGS`, SIGKILLs it once the warehouse at `path` marks `n_done` checkpoints done (or it ended);
-    returns how many were done at the kill."""
+def kill_cli_at_line(args, path, marker: str, timeout: float = 300) -> int:
+    """Starts `rtn ARGS`, SIGKILLs it as soon as it prints a stderr line holding `marker` (or after `timeout`, or once
+    it ended); returns how many checkpoints the warehouse at `path` marks done then.
+
+    A line the process prints right after a commit lets the kill land between two commits: polling the warehouse
+    instead misses commits that follow each other while the writer holds the file."""
     import signal
     import subprocess
     import sys
-    import time
+    import threading
     proc = subprocess.Popen([sys.executable, "-m", "rtn.cli", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while done_checkpoints(path) < n_done and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            if marker in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
     return done_checkpoints(path)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import kill_cli_after, make_corpus_docs, run_cli, save_checkpoint_family, table_contents
+from conftest import kill_cli_at_line, make_corpus_docs, run_cli, save_checkpoint_family, table_contents
 
 STEPS = (0, 1, 2)
 # Columns that may differ from the sequential run in the last float bits (a task's torch thread count changes the
@@ -174,7 +174,8 @@ def _wait_for_nodes(address: str, n: int, timeout: float = 120) -> None:
 def test_ray_ingest_killed_mid_way_resumes_to_the_sequential_tables(tmp_path, family, ray_cluster):
     path = tmp_path / "ray.duckdb"
     args = [*family["args"], "--executor", "ray", "--ray-address", ray_cluster, "--warehouse", path]
-    done_at_kill = kill_cli_after(args, path, n_done=1)
+    # the driver prints "step N written (K left)" after each commit: the first such line is a moment mid-way
+    done_at_kill = kill_cli_at_line(args, path, marker=" written (")
     assert 1 <= done_at_kill < len(STEPS), "the kill should land mid-way"
 
     resumed = run_cli(*args).stdout.splitlines()
