@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from rtn.ingest.ablation_terms import AblationTerms, ablation_terms, prepare, recompute_overflows
+from rtn.ingest import native
+from rtn.ingest.ablation_terms import LOG2E, AblationTerms, ablation_terms, prepare, recompute_overflows
 from rtn.ingest.readout import Readout, cross_entropy
 
 COMPILE_MIN_ELEMENTS = 2e10    # tokens x neurons x vocabulary from which the CPU path compiles its fused loop
@@ -182,6 +183,11 @@ def neuron_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
     [tokens, neurons, vocabulary] tensor exist at once (none on the compiled path).
     """
     terms = ablation_terms(resid, acts, mean_acts, w_out, targets, readout, neurons)
+    sums = native.exp2_sums(terms.A2, terms.B2, terms.c, terms.alpha, terms.b2)   # None: not float32 on CPU, no gcc
+    if sums is not None:
+        out = (_log_or_nan(sums) + terms.offset).to(resid.dtype)
+        recompute_overflows(terms, out)
+        return out
     (N, k), V = terms.c.shape, terms.A2.shape[1]
     out = torch.empty(N, k, dtype=resid.dtype, device=resid.device)
     fused = _compiled_sums(resid.device, N * k * V)
@@ -218,12 +224,26 @@ def groups_deltas(resid, acts, mean_acts, w_out, targets, readout: Readout,
     N, V = p.A.shape
     out = torch.empty(N, len(groups), dtype=resid.dtype, device=resid.device)
     tok_chunk = _chunk(N, V, budget)
+    C_loop = native.available() and resid.device.type == "cpu" and resid.dtype == torch.float32
+    if C_loop:   # base 2, shifted by each token's clean max logit (times its scale: alpha = 1 / scale multiplies it)
+        A2, B2, b2 = p.A.mul_(LOG2E), p.B * LOG2E, p.b * LOG2E                    # p.A is not used again as it was
+    rows = torch.arange(N, device=targets.device)
     for g, group in enumerate(groups):
         cols = torch.tensor([column[int(i)] for i in group.reshape(-1).tolist()], device=acts.device)
         c = mean_acts[group][None, :] - acts[:, group]                # [N, k]
         # |r~ + sum_j c_j w~_j|^2 = |r~|^2 + 2 sum_j c_j r~.w~_j + c^T (W~ W~^T) c
         sq = p.rr + 2 * (c * p.rw[:, cols]).sum(-1) + ((c @ p.ww[cols][:, cols]) * c).sum(-1)
         scale = torch.sqrt(sq / p.d + readout.eps)                    # [N]
+        if C_loop:
+            sums = native.exp2_group_sums(A2, B2[cols], c, 1 / scale, -(p.max_logit * LOG2E) * scale, b2)
+            target = (A2[rows, targets] + (c * B2[cols][:, targets].T).sum(-1)) / (LOG2E * scale) + p.b[targets]
+            losses = torch.log(sums) + p.max_logit - target
+            out[:, g] = (losses - p.loss).to(out.dtype)
+            redo = ~torch.isfinite(out[:, g]) | (sums < SMALLEST_SUM)   # an ~87-nat effect, or every term underflowed
+            for t in redo.nonzero().reshape(-1).split(tok_chunk):
+                logits = (A2[t] + c[t] @ B2[cols]) / (LOG2E * scale[t, None]) + p.b
+                out[t, g] = cross_entropy(logits, targets[t]) - p.loss[t]
+            continue
         B = p.B[cols]                                                 # [k, V]
         for t0 in range(0, N, tok_chunk):
             t = slice(t0, t0 + tok_chunk)

@@ -47,8 +47,21 @@ def readout_of(norm: nn.Module, unembed: nn.Module) -> Readout:
     return Readout(gamma, beta, eps, centred, W_U, b_U.to(W_U.device))
 
 
+NATIVE_MIN_ELEMENTS = 1 << 20   # logits from which cross_entropy takes the C loop
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Returns the loss [...] of predicting `targets` [...] from `logits` [..., V]: logsumexp minus the target's logit."""
+    """Returns the loss [...] of predicting `targets` [...] from `logits` [..., V]: logsumexp minus the target's logit.
+
+    Large float32 CPU logits without gradients go through the C loop (ingest/native.py): the same
+    numbers (float64 sums), two reads of the logits instead of log-softmax's passes.
+    """
+    if (logits.ndim == 2 and logits.numel() >= NATIVE_MIN_ELEMENTS and logits.device.type == "cpu"
+            and not (logits.requires_grad and torch.is_grad_enabled())):
+        from rtn.ingest import native
+        losses = native.cross_entropy(logits.detach(), targets)
+        if losses is not None:
+            return losses
     return torch.logsumexp(logits, -1) - logits.gather(-1, targets[..., None])[..., 0]
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from rtn.ingest import ablation, adapters, sources
+from rtn.ingest import ablation, adapters, native, sources
 from rtn.ingest.ablation import ablate_all
 from rtn.ingest.capture import capture, hooked
 from rtn.ingest.readout import readout_of
@@ -190,7 +190,11 @@ def bench(config: BenchConfig) -> dict:
     def fast():
         return ablate_all(resid, acts, mean_acts, w_out, targets, readout)
 
-    if device.type == "cpu":
+    if device.type == "cpu" and native.available():   # the C loop (ingest/native.py): built or loaded on first use
+        _, warmup_s = _timed(device, lambda: native.exp2_sums(*(torch.zeros(shape) for shape in ((1, V), (1, V), (1, 1),
+                                                                                              (1, 1), (V,)))))
+        fast_path = "native"
+    elif device.type == "cpu":
         compiled, warmup_s = _timed(device, lambda: ablation.warm_up_cpu(V, exps))
         fast_path = "torch-compiled" if compiled else "torch"
     else:   # autotune and compile the kernel on a slice with the same neurons and vocabulary

@@ -87,6 +87,7 @@ def test_cpu_float32_path_recomputes_overflowing_sums():
 def test_compiled_cpu_loop_equals_the_eager_path(monkeypatch):
     # 19 x 70 pairs in (8, 32) blocks: 4 compiled blocks plus eager strips on both edges.
     args = _random_problem()
+    monkeypatch.setenv("RTN_NATIVE", "0")                                # the torch paths, not the C loop
     monkeypatch.setenv("RTN_COMPILE", "0")
     reference = neuron_deltas(*args)                                     # eager, float64
     monkeypatch.setenv("RTN_COMPILE", "1")
