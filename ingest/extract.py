@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from rtn.ingest import adapters
 from rtn.ingest.ablation import ablate_all
-from rtn.ingest.attribution import attribution_rows
+from rtn.ingest.attribution import Screen
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks, mean_and_stderr
 from rtn.ingest.groups import ablation_groups, group_ablation_rows
@@ -48,8 +49,11 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     forward_model = model if layers == [n_layers - 1] or dtype == model.dtype else copy.deepcopy(model).to(dtype)
     # the heads' clean pass is this one (recorded) where the heads re-run the same model
     heads_share = forward_model is model and primary in layers
-    with timer("forward"), recording(model, adapter, config if heads_share else None) as head_clean:
-        clean = clean_pass(forward_model, adapter, data.input_ids, layers, config.batch_size)
+    # the attribution screen rides on the clean pass: its backward passes, none of its own forward
+    screen = Screen(forward_model, adapter, data.classes) if config.attribution else None
+    forward_began = time.perf_counter()
+    with recording(model, adapter, config if heads_share else None) as head_clean:
+        clean = clean_pass(forward_model, adapter, data.input_ids, layers, config.batch_size, screen=screen)
         keep = (data.classes != EXCLUDED).reshape(-1).to(device)                   # [S*L]
         grid_targets = torch.roll(data.input_ids, -1, dims=1).to(device)           # token at pos + 1
         resid = torch.cat(clean.final).reshape(-1, clean.final[0].shape[-1]).to(dtype)[keep]   # [M, d]
@@ -60,14 +64,16 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
         clean_losses = token_losses(resid, targets, readout)
         eval_losses = pl.DataFrame([{"token_class": name, "mean_loss": float(clean_losses[mask].mean()),
                                      "n": int(mask.sum())} for name, mask in predictions.masks.items()])
+    timer.record("forward", time.perf_counter() - forward_began - (screen.seconds if screen else 0.0))
 
     per_layer = [_layer_tables(forward_model, adapter, data, config, clean, layer, predictions, dtype, timer, step)
                  for layer in layers]
     tables = {name: pl.concat([frames[name] for frames in per_layer]) for name in per_layer[0]}
     tables["eval_losses"] = eval_losses
-    if config.attribution:
-        with timer("attribution"):
-            tables["attribution_deltas"] = attribution_rows(forward_model, adapter, data, config.batch_size)
+    if screen is not None:
+        began = time.perf_counter()
+        tables["attribution_deltas"] = screen.rows(data.input_ids.numel())
+        timer.record("attribution", screen.seconds + time.perf_counter() - began)
     if config.spectra:
         with timer("spectra"):
             tables["weight_spectra"] = weight_spectra(model, adapter)

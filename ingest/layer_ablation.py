@@ -18,8 +18,9 @@ w_out(j). For the last layer nothing is re-run but the readout; the analytic pat
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,9 @@ from rtn.ingest import adapters, rerun
 from rtn.ingest.adapters import Adapter
 from rtn.ingest.capture import hooked
 from rtn.ingest.readout import cross_entropy
+
+if TYPE_CHECKING:
+    from rtn.ingest.attribution import Screen
 
 BUDGET = 1 << 25    # activation elements of one re-run batch (and of one chunk of logits): 256 MB in float64
 
@@ -47,8 +51,13 @@ class CleanPass:
 
 
 @torch.no_grad()
-def clean_pass(model, adapter: Adapter, input_ids: torch.Tensor, layers, batch_size: int) -> CleanPass:
-    """Returns the CleanPass of `input_ids` [S, L] for the MLP `layers` (0-based), on the model's device."""
+def clean_pass(model, adapter: Adapter, input_ids: torch.Tensor, layers, batch_size: int,
+               screen: Screen | None = None) -> CleanPass:
+    """Returns the CleanPass of `input_ids` [S, L] for the MLP `layers` (0-based), on the model's device.
+
+    With an attribution `screen` (ingest/attribution.py) the pass runs with gradients and the screen
+    takes each batch's backward passes, so the screen needs no forward pass of its own.
+    """
     n_layers = len(adapters.blocks(model, adapter))
     layers = sorted(set(layers))
     acts = {layer: [] for layer in layers}
@@ -66,9 +75,15 @@ def clean_pass(model, adapter: Adapter, input_ids: torch.Tensor, layers, batch_s
         for layer in layers:
             stack.enter_context(hooked(adapters.mlp_out_module(model, adapter, layer), grab(acts[layer])))
         stack.enter_context(hooked(adapters.final_norm(model, adapter), grab(final)))
+        if screen is not None:
+            stack.enter_context(screen.hooked())
         body = model.base_model   # the blocks and the final norm: the unembedding's logits are not needed here
         for start in range(0, input_ids.shape[0], batch_size):
-            body(input_ids[start:start + batch_size].to(device), use_cache=False)
+            ids = input_ids[start:start + batch_size].to(device)
+            with torch.enable_grad() if screen is not None else nullcontext():
+                body(ids, use_cache=False)
+            if screen is not None:
+                screen.batch(start, ids)
     return CleanPass({layer: torch.cat(batches) for layer, batches in acts.items()}, final, calls, batch_size)
 
 

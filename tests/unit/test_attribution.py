@@ -4,20 +4,25 @@
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import VOCAB, tiny_model
 
 from rtn.ingest import adapters
 from rtn.ingest.attribution import attribution_deltas, attribution_rows
-from rtn.ingest.corpus import COMMON, EXCLUDED, RARE, EvalData, class_masks
+from rtn.ingest.corpus import COMMON, EXCLUDED, RARE, RARE_CHOSEN, EvalData, class_masks
 from rtn.ingest.layer_ablation import clean_pass, layer_deltas
 from rtn.ingest.readout import readout_of
 
 
-def _batch(seqs=5, length=12):
+def _batch(seqs=5, length=12, chosen=0):
+    """Returns ids and classes [seqs, length]; the last `chosen` sequences are windows chosen for their rare targets
+    (RARE_CHOSEN there, nothing else counted), the others corpus-order windows (RARE and COMMON)."""
     gen = torch.Generator().manual_seed(5)
     ids = torch.randint(0, VOCAB, (seqs, length), generator=gen)
     classes = torch.where(torch.rand(seqs, length, generator=gen) < 0.4, RARE, COMMON)
+    if chosen:
+        classes[-chosen:] = torch.where(classes[-chosen:] == RARE, RARE_CHOSEN, EXCLUDED)
     classes[:, :3] = EXCLUDED
     classes[:, -1] = EXCLUDED
     return ids, classes
@@ -45,12 +50,13 @@ def _loss_gradient(resid, targets, readout):
     return grad - grad.mean(-1, keepdim=True) if readout.centred else grad
 
 
-def test_attribution_equals_the_analytic_derivative_when_later_blocks_are_identities(family):
+@pytest.mark.parametrize("chosen", [0, 3])   # 3: batches mixing corpus-order and chosen windows, and chosen alone
+def test_attribution_equals_the_analytic_derivative_when_later_blocks_are_identities(family, chosen):
     model = tiny_model(family, torch.float64)
     adapter = adapters.adapter_for(model)
     _identity_after(model, adapter, 0)
-    ids, classes = _batch()
-    estimates, counts = attribution_deltas(model, adapter, ids, classes, batch_size=2)
+    ids, classes = _batch(seqs=7, chosen=chosen)
+    estimates, counts = attribution_deltas(model, adapter, ids, classes, batch_size=3)
     clean = clean_pass(model, adapter, ids, [0], 2)
     acts = clean.acts[0].flatten(0, 1)                                          # [S*L, n]
     c = acts.mean(0) - acts                                                     # [S*L, n]
@@ -142,3 +148,31 @@ def test_layer_comparison_ranks_layers_by_rare_lift_and_joins_the_screen():
     rows = con.execute("select layer, layers_compared, plateau_lift_rank, has_plateau_rare, attribution_spearman_rare, "
                        "attribution_spearman_all from layer_comparison order by layer").fetchall()
     assert rows == [(0, 2, 1, True, None, None), (1, 2, 2, False, 0.7, 0.9)]
+
+
+def test_the_screen_riding_on_the_clean_pass_equals_its_own_pass_and_changes_nothing_there(family):
+    from rtn.ingest.attribution import Screen
+    model = tiny_model(family, torch.float64, n_layers=3)
+    adapter = adapters.adapter_for(model)
+    ids, classes = _batch()
+    alone, counts = attribution_deltas(model, adapter, ids, classes, batch_size=2)
+    screen = Screen(model, adapter, classes)
+    carried = clean_pass(model, adapter, ids, [0, 2], 2, screen=screen)
+    plain = clean_pass(model, adapter, ids, [0, 2], 2)
+    riding, riding_counts = screen.estimates(ids.numel())
+    assert riding_counts == counts and set(riding) == set(alone) == {"all", "common", "rare"}
+    for name in alone:
+        assert torch.allclose(riding[name], alone[name], rtol=0, atol=1e-12)
+        assert alone[name].abs().max() > 1e-4
+    for layer in (0, 2):
+        assert torch.equal(carried.acts[layer], plain.acts[layer]) and not carried.acts[layer].requires_grad
+    assert all(torch.equal(a, b) and not a.requires_grad for a, b in zip(carried.final, plain.final))
+    assert screen.seconds > 0
+
+
+def test_codes_that_share_no_sequence_share_a_backward_pass():
+    from rtn.ingest.attribution import _passes
+    _, classes = _batch(seqs=6, chosen=2)
+    assert _passes(classes) == [[COMMON, RARE_CHOSEN], [RARE]]
+    assert _passes(classes[:4]) == [[COMMON], [RARE]]                                    # corpus-order windows: two
+    assert _passes(classes[4:]) == [[RARE_CHOSEN]]                                       # chosen windows: one
