@@ -138,16 +138,23 @@ def _included_losses(model, adapter: Adapter, hiddens, input_ids: torch.Tensor, 
     """Returns the losses [S*L] at `included` [S, L] positions (NaN elsewhere) of final residuals given per batch of
     `batch_size` sequences, through the model's own final norm and unembedding."""
     device = next(model.parameters()).device
-    losses = torch.full((input_ids.numel(),), float("nan"), dtype=dtype, device=device)
+    kept, targets = [], []
     for batch, hidden in enumerate(hiddens):
         start = batch * batch_size
         ids = input_ids[start:start + batch_size].to(device)
         keep = included[start:start + batch_size].to(device)                     # [B, L]
-        logits = rerun.readout_logits(model, adapter, hidden[keep]).to(dtype)    # [K, V]
-        targets = torch.roll(ids, -1, dims=1)[keep]                              # token at pos + 1
-        batch_losses = losses[start * ids.shape[1]:(start + ids.shape[0]) * ids.shape[1]]   # a view: [B*L]
-        batch_losses[keep.reshape(-1)] = cross_entropy(logits, targets)
+        kept.append(hidden[keep])                                                # [K, d]
+        targets.append(torch.roll(ids, -1, dims=1)[keep])                        # token at pos + 1
+    kept, targets = torch.cat(kept), torch.cat(targets)
+    # the unembedding as few large GEMMs (rows of every batch together), READOUT_ROWS at a time
+    computed = torch.cat([cross_entropy(rerun.readout_logits(model, adapter, kept[r:r + READOUT_ROWS]).to(dtype),
+                                        targets[r:r + READOUT_ROWS]) for r in range(0, len(kept), READOUT_ROWS)])
+    losses = torch.full((input_ids.numel(),), float("nan"), dtype=dtype, device=device)
+    losses[included.reshape(-1).to(device)] = computed
     return losses
+
+
+READOUT_ROWS = 2048   # final residuals per unembedding GEMM in _included_losses: [2048, V] float32 logits ~ 400 MB
 
 
 @dataclass
@@ -173,7 +180,7 @@ def recording(model, adapter: Adapter, config: IngestConfig | None):
 
     def accumulate(layer):
         def hook(_module, inputs):
-            total = inputs[0].to(torch.float64).sum((0, 1))                          # [n_heads * d_head]
+            total = inputs[0].detach().to(torch.float64).sum((0, 1))                 # [n_heads * d_head]
             sums[layer] = sums[layer] + total if layer in sums else total
         return hook
 
