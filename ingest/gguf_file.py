@@ -6,7 +6,10 @@ dequantized weights carry its rounding.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +38,32 @@ def find_gguf(path: Path) -> Path | None:
 
 
 def read_info(path: Path) -> GgufInfo:
-    """Returns the architecture and quantization of a GGUF file, or raises a one-line RtnError (truncated, not GGUF)."""
-    stat = Path(path).stat()
-    return _read_info(str(path), stat.st_size, stat.st_mtime_ns)
+    """Returns the architecture and quantization of a GGUF file, or raises a one-line RtnError (truncated, not GGUF).
+
+    Parsing takes seconds, so what a parse found is kept beside the file (`<name>.rtn-info.json`, with
+    the file's size and modification time); a file that changed since is parsed again.
+    """
+    path = Path(path)
+    stat = path.stat()
+    sidecar = path.with_name(path.name + INFO_SUFFIX)
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        kept = json.loads(sidecar.read_text())
+        if kept.get("file") == stamp:
+            return GgufInfo(**kept["info"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    info = _read_info(str(path), stat.st_size, stat.st_mtime_ns)
+    try:
+        scratch = sidecar.with_name(f".{sidecar.name}.{os.getpid()}")
+        scratch.write_text(json.dumps({"file": stamp, "info": dataclasses.asdict(info)}))
+        os.replace(scratch, sidecar)
+    except OSError:
+        pass                      # a read-only folder: parse again next time
+    return info
+
+
+INFO_SUFFIX = ".rtn-info.json"
 
 
 @functools.lru_cache(maxsize=8)

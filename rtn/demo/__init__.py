@@ -81,7 +81,10 @@ def real_config(model: Path, corpus: Path, tokens: int = 4096, min_rare: int = 1
     settings = {"tokens": tokens, "seq_len": 128, "min_rare": min_rare, "n_samples": 512,
                 # float32 ablation arithmetic on CPU too (the default there is float64): half the time, and
                 # tests/acceptance/test_real_model.py holds it to 1e-5 of whole-model float32 re-runs
-                "precision": "float32"}
+                "precision": "float32",
+                # the last attention layer's 9 heads and the whole layer, both methods: 20 re-runs of one block
+                # and the 49k-row unembedding (~50 s on 2 cores); --head-layers takes more
+                "head_layers": 1}
     return IngestConfig(model=str(model), corpus=str(corpus), run=REAL_RUN, **(settings | overrides))
 
 

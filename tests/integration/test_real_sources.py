@@ -59,6 +59,19 @@ def test_bad_gguf_is_one_line_and_writes_no_warehouse(files, case):
     assert not wh.exists()
 
 
+def test_gguf_info_is_kept_beside_the_file_and_a_file_truncated_since_is_refused(tmp_path):
+    from rtn.ingest.gguf_file import INFO_SUFFIX, read_info
+    path = tmp_path / "model.gguf"
+    _write_gguf(path, "llama")
+    assert read_info(path).architecture == "llama"
+    sidecar = tmp_path / f"model.gguf{INFO_SUFFIX}"
+    assert sidecar.exists() and '"architecture": "llama"' in sidecar.read_text()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) - 100])                         # the cached file breaks after its first read
+    with pytest.raises(RtnError, match="not a readable GGUF file"):
+        read_info(path)
+
+
 def _cli_env(cache, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "npm_config_"))}
     env.update(RTN_CACHE=str(cache), PIP_RETRIES="0", PIP_TIMEOUT="2", PIP_CONFIG_FILE=os.devnull, **extra)
