@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-LOG2E = 1.4426950408889634
+from rtn.ingest.ablation_terms import LOG2E
+
 TOKEN_BLOCK = 16       # token rows sharing each chunk of B's rows while it is in cache
 NEURON_BLOCK = 64      # neurons (B rows) per block: 64 x 1024 floats = 256 KiB, an L2's worth
 
@@ -55,11 +56,10 @@ typedef __m512 vf;
 #define MAX _mm512_max_ps
 #define ZERO _mm512_setzero_ps
 static inline vf roundv(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-static inline vf scalev(vf p, vf n) {
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
-}
+/* p 2^n by scalef: +inf above float32's range, 0 below it (flush-to-zero is set while the loops run) */
+static inline vf scalev(vf p, vf n) { return _mm512_scalef_ps(p, n); }
+#define CLAMP(x) (x)
 static inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
-static inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
 #else
 #define W 8
 typedef __m256 vf;
@@ -71,9 +71,11 @@ typedef __m256 vf;
 #define MAX _mm256_max_ps
 #define ZERO _mm256_setzero_ps
 static inline vf roundv(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+/* p 2^n by adding n into the exponent bits: x is clamped below at -126, sums are checked for exponents above TOO_BIG */
 static inline vf scalev(vf p, vf n) {
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
 }
+#define CLAMP(x) MAX(x, SET1(-126.0f))
 static inline float hsum(vf v) { float a[W]; _mm256_storeu_ps(a, v); float s = 0; for (int l = 0; l < W; l++) s += a[l]; return s; }
 static inline float hmax(vf v) { float a[W]; _mm256_storeu_ps(a, v); float m = a[0]; for (int l = 1; l < W; l++) m = a[l] > m ? a[l] : m; return m; }
 #endif
@@ -81,26 +83,7 @@ static inline float hmax(vf v) { float a[W]; _mm256_storeu_ps(a, v); float m = a
 #define CHUNK 1024
 #define TOO_BIG 126.0f
 
-/* 2^x for x >= -126 (callers clamp), exact to float32 rounding plus < 6e-9 relative */
-#ifdef __AVX512F__
-/* 2^x: x = n + f, |f| <= 1/2, 2^f a degree-7 polynomial (< 6e-9 relative beside float32's rounding), times 2^n by
-   scalef, which gives +inf above float32's range and 0 below it (flush-to-zero is set while the loop runs) */
-static inline vf exp2v(vf x) {
-    vf n = roundv(x);
-    vf f = SUB(x, n);
-    vf p = FMA(SET1(1.5252733804059841e-05f), f, SET1(1.5403530393381606e-04f));
-    p = FMA(p, f, SET1(1.3333558146428443e-03f));
-    p = FMA(p, f, SET1(9.6181291076284772e-03f));
-    p = FMA(p, f, SET1(5.5504108664821580e-02f));
-    p = FMA(p, f, SET1(2.4022650695910072e-01f));
-    p = FMA(p, f, SET1(6.9314718055994531e-01f));
-    p = FMA(p, f, SET1(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-#define CLAMP(x) (x)
-#else
-/* the same polynomial; 2^n is added into the exponent bits, so x is clamped below at -126 and sums are checked for
-   exponents above TOO_BIG */
+/* 2^x: x = n + f, |f| <= 1/2, 2^f a degree-7 polynomial (< 6e-9 relative beside float32's rounding), times 2^n */
 static inline vf exp2v(vf x) {
     vf n = roundv(x);
     vf f = SUB(x, n);
@@ -113,8 +96,6 @@ static inline vf exp2v(vf x) {
     p = FMA(p, f, SET1(1.0f));
     return scalev(p, n);
 }
-#define CLAMP(x) MAX(x, SET1(-126.0f))
-#endif
 
 static inline float exp2s(float x) { return __builtin_exp2f(x < -126.0f ? -126.0f : x); }
 

@@ -56,10 +56,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     Large float32 CPU logits without gradients go through the C loop (ingest/native.py): the same
     numbers (float64 sums), two reads of the logits instead of log-softmax's passes.
     """
-    if (logits.ndim == 2 and logits.numel() >= NATIVE_MIN_ELEMENTS and logits.device.type == "cpu"
-            and not (logits.requires_grad and torch.is_grad_enabled())):
+    if logits.ndim == 2 and logits.numel() >= NATIVE_MIN_ELEMENTS and not (logits.requires_grad and torch.is_grad_enabled()):
         from rtn.ingest import native
-        losses = native.cross_entropy(logits.detach(), targets)
+        losses = native.cross_entropy(logits.detach(), targets)       # None unless float32 on CPU with the C loop
         if losses is not None:
             return losses
     return torch.logsumexp(logits, -1) - logits.gather(-1, targets[..., None])[..., 0]
