@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rtn.ingest.native import LOG2E
 from rtn.ingest.readout import Readout, cross_entropy
 
-LOG2E = 1.0 / math.log(2.0)    # exp(x) = 2^(x log2 e): exp2 is the cheaper instruction on CPUs and GPUs alike
 LN2 = math.log(2.0)
 
 
