@@ -277,6 +277,17 @@ def test_rtn_app_listens_on_127_0_0_1_unless_host_says_otherwise(monkeypatch, ca
     assert (os.environ["RTN_QUERY_TIMEOUT"], os.environ["RTN_MAX_ROWS"]) == ("5.0", "77")
 
 
+def test_streamlit_run_app_py_from_the_checkout_listens_on_127_0_0_1_too(tmp_path):
+    # `streamlit run app.py` bypasses rtn app's flags; the checkout's .streamlit/config.toml keeps it local.
+    code = ("from streamlit import config; config.get_config_options(force_reparse=True); "
+            "print(config.get_option('server.address'), config.get_option('browser.gatherUsageStats'))")
+    env = dict(os.environ, HOME=str(tmp_path))      # no ~/.streamlit/config.toml of the user's
+    here, elsewhere = (subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                                      check=True) for cwd in (APP.parent, tmp_path))
+    assert here.stdout.split() == ["127.0.0.1", "False"]
+    assert elsewhere.stdout.split()[0] == "None"     # the setting comes from the checkout's file, not a default
+
+
 @pytest.mark.parametrize("state", ["missing", "empty"])
 def test_missing_or_empty_warehouse_says_how_to_fill_it(tmp_path, monkeypatch, state):
     path = tmp_path / "w.duckdb"
