@@ -7,7 +7,8 @@ Pages (sidebar, or the URL: ?page=Influence): Runs, Influence, Dynamics, Geometr
 Spectra, Heads, Neuron, SQL. Every chart reads a view of `sql/` (the `app_*` views are the
 app's own); the app only filters, reshapes and draws. Its connection reads the warehouse and
 nothing else (no file, URL or extension; configuration locked), and the SQL box's queries stop
-after $RTN_QUERY_TIMEOUT seconds and $RTN_MAX_ROWS rows (set by `rtn app`).
+after $RTN_QUERY_TIMEOUT seconds and $RTN_MAX_ROWS rows; every query holds at most
+$RTN_APP_MEMORY_LIMIT (default 4GB) in memory (all three set by `rtn app`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ VERDICTS = {"plateau": "plateau: the head stands above the power law",
             "no_plateau": "no plateau", "insufficient_evidence": "insufficient evidence (mostly within 2 SE of zero)"}
 QUERY_TIMEOUT_S = float(os.environ.get("RTN_QUERY_TIMEOUT") or 5)   # the SQL box's limits (`rtn app --query-timeout`)
 MAX_ROWS = int(os.environ.get("RTN_MAX_ROWS") or 10_000)             # (`rtn app --max-rows`)
+MEMORY_LIMIT = os.environ.get("RTN_APP_MEMORY_LIMIT") or "4GB"        # per connection (`rtn app --memory-limit`)
 FILL_IT = "Fill it with `rtn demo --warehouse {path}` (offline, a few minutes), or `rtn ingest --model ... --warehouse {path}`."
 
 
@@ -67,7 +69,7 @@ class RunConnection:
 
     def open(self):
         if self.con is None:
-            self.con = self.stack.enter_context(warehouse.reading(self.path, files=False))
+            self.con = self.stack.enter_context(warehouse.reading(self.path, files=False, memory_limit=MEMORY_LIMIT))
         return self.con
 
     def frame(self, query: str, params: list) -> pl.DataFrame:
@@ -353,7 +355,8 @@ def page_neuron(runs: pl.DataFrame, selected: list[str]) -> None:
 def page_sql(runs: pl.DataFrame, selected: list[str]) -> None:
     st.caption(f"Read-only: SELECT, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN against the warehouse's tables and views "
                f"(`show tables` lists them); no files. Queries stop after {QUERY_TIMEOUT_S:g} s and "
-               f"{MAX_ROWS:,} rows (`rtn app --query-timeout S --max-rows N`).")
+               f"{MAX_ROWS:,} rows and hold at most {MEMORY_LIMIT} in memory "
+               f"(`rtn app --query-timeout S --max-rows N --memory-limit SIZE`).")
     text = st.text_area("SQL", "select step, token_class, sign, plateau_size, plateau_fraction, power_law_slope, "
                         "has_plateau\nfrom regime_summary\norder by run_id, step, token_class, sign", height=140, key="sql")
     if not text.strip():

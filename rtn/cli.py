@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds a query of the SQL box may run (default 5, or $RTN_QUERY_TIMEOUT)")
     app.add_argument("--max-rows", type=int, default=os.environ.get("RTN_MAX_ROWS", "10000"),
                      help="rows the SQL box shows and downloads at most (default 10000, or $RTN_MAX_ROWS)")
+    app.add_argument("--memory-limit", default=os.environ.get("RTN_APP_MEMORY_LIMIT", "4GB"),
+                     help="memory one page's or SQL box query's DuckDB connection may hold, e.g. 4GB or 500MB; "
+                          "more spills to a temporary file beside the warehouse (default 4GB, or $RTN_APP_MEMORY_LIMIT)")
     _add_warehouse(app)
 
     bench = sub.add_parser("bench", help="time exact all-neuron ablation against the slow paths")
@@ -193,11 +196,11 @@ def cmd_app(args) -> None:
     if args.query_timeout <= 0 or args.max_rows <= 0:
         raise RtnError(f"--query-timeout {args.query_timeout:g} and --max-rows {args.max_rows} must be positive")
     os.environ.update(RTN_WAREHOUSE=str(Path(args.warehouse).resolve()), RTN_QUERY_TIMEOUT=str(args.query_timeout),
-                      RTN_MAX_ROWS=str(args.max_rows))
+                      RTN_MAX_ROWS=str(args.max_rows), RTN_APP_MEMORY_LIMIT=warehouse.check_memory_limit(args.memory_limit))
     reach = "this machine only; --host 0.0.0.0 serves the network" if args.host in ("127.0.0.1", "localhost") else \
         "reachable from the network: anyone who can connect may query the warehouse"
     print(f"rtn app: serving {os.environ['RTN_WAREHOUSE']} on http://{args.host}:{args.port} ({reach}); "
-          f"SQL box limits: {args.query_timeout:g} s, {args.max_rows:,} rows", flush=True)
+          f"SQL box limits: {args.query_timeout:g} s, {args.max_rows:,} rows, {args.memory_limit} of memory", flush=True)
     # exec, not a child process: stopping `rtn app` must stop the server too
     os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
                               "--server.address", args.host, "--server.port", str(args.port),

@@ -145,17 +145,31 @@ def writing(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 60.0, notice=
         con.close()
 
 
+def check_memory_limit(limit: str) -> str:
+    """Returns `limit` ('4GB', '500MB', ...) if DuckDB takes it as a memory_limit; raises RtnError otherwise."""
+    try:
+        duckdb.connect(config={"memory_limit": limit}).close()
+    except duckdb.Error as err:
+        raise RtnError(f"--memory-limit {limit!r} is not a size DuckDB understands (e.g. 4GB, 500MB): "
+                       f"{str(err).splitlines()[0]}") from None
+    return limit
+
+
 @contextmanager
-def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 10.0, notice=None, files: bool = True):
+def reading(path: Path = DEFAULT_WAREHOUSE, wait_s: float | None = 10.0, notice=None, files: bool = True,
+            memory_limit: str | None = None):
     """Yields a read-only connection with READ_SETTINGS, retrying while a writer holds the file (as _connect does).
 
-    files=False also shuts every file and URL but the warehouse out (the app's SQL box).
+    files=False also shuts every file and URL but the warehouse out (the app's SQL box); memory_limit
+    ('4GB') caps what its queries hold in memory (DuckDB's default: 80 % of the machine's).
     """
     path = Path(path)
     if not path.exists():
         raise RtnError(f"no warehouse at {path}: run `rtn demo` or `rtn ingest` first")
-    con = _connect(path, read_only=True, wait_s=wait_s, notice=notice,
-                   settings=READ_SETTINGS if files else {**READ_SETTINGS, **NO_FILES})
+    settings = READ_SETTINGS if files else {**READ_SETTINGS, **NO_FILES}
+    if memory_limit:
+        settings = {**settings, "memory_limit": memory_limit}
+    con = _connect(path, read_only=True, wait_s=wait_s, notice=notice, settings=settings)
     try:
         yield con
     finally:

@@ -249,6 +249,16 @@ def test_sql_box_stops_a_long_query_and_caps_rows(filled_warehouse, monkeypatch)
     assert "first 300 rows" in at.warning[0].value and at.get("download_button")
 
 
+def test_sql_box_queries_hold_at_most_the_memory_limit(filled_warehouse, monkeypatch):
+    monkeypatch.setenv("RTN_APP_MEMORY_LIMIT", "20MB")
+    at = open_page("SQL", filled_warehouse, monkeypatch)
+    assert "hold at most 20MB in memory" in at.caption[0].value
+    at.text_area(key="sql").set_value("select current_setting('memory_limit') as m").run()
+    assert list(at.dataframe[0].value["m"]) == ["19.0 MiB"]                    # DuckDB's MiB of the 20 MB asked for
+    at.text_area(key="sql").set_value("select list(range) from range(20000000)").run()   # ~160 MB, which cannot spill
+    assert at.error[0].value.startswith("Query failed: Out of Memory Error") and not at.dataframe
+
+
 def test_sql_box_shows_and_downloads_nested_blob_and_interval_columns(filled_warehouse, monkeypatch):
     at = open_page("SQL", filled_warehouse, monkeypatch)
     at.text_area(key="sql").set_value("select 1 as first; select neuron, w_in, w_out, '\\xAA'::blob as raw, "
@@ -267,14 +277,15 @@ def test_rtn_app_listens_on_127_0_0_1_unless_host_says_otherwise(monkeypatch, ca
     from rtn import cli
     started = {}
     monkeypatch.setattr(os, "execv", lambda path, argv: started.update(argv=argv))
-    for name in ("RTN_WAREHOUSE", "RTN_QUERY_TIMEOUT", "RTN_MAX_ROWS"):
+    for name in ("RTN_WAREHOUSE", "RTN_QUERY_TIMEOUT", "RTN_MAX_ROWS", "RTN_APP_MEMORY_LIMIT"):
         monkeypatch.delenv(name, raising=False)   # restored after the test: cmd_app sets them for the app
     assert cli.main(["app", "--warehouse", str(tmp_path / "w.duckdb"), "--port", "8555", "--max-rows", "77", *flags]) == 0
     argv = started["argv"]
     assert argv[argv.index("--server.address") + 1] == address and argv[argv.index("--server.port") + 1] == "8555"
     assert capsys.readouterr().out == (f"rtn app: serving {tmp_path / 'w.duckdb'} on http://{address}:8555 {says}; "
-                                       "SQL box limits: 5 s, 77 rows\n")
-    assert (os.environ["RTN_QUERY_TIMEOUT"], os.environ["RTN_MAX_ROWS"]) == ("5.0", "77")
+                                       "SQL box limits: 5 s, 77 rows, 4GB of memory\n")
+    assert (os.environ["RTN_QUERY_TIMEOUT"], os.environ["RTN_MAX_ROWS"], os.environ["RTN_APP_MEMORY_LIMIT"]) == \
+        ("5.0", "77", "4GB")
 
 
 def test_streamlit_run_app_py_from_the_checkout_listens_on_127_0_0_1_too(tmp_path):
@@ -286,6 +297,15 @@ def test_streamlit_run_app_py_from_the_checkout_listens_on_127_0_0_1_too(tmp_pat
                                       check=True) for cwd in (APP.parent, tmp_path))
     assert here.stdout.split() == ["127.0.0.1", "False"]
     assert elsewhere.stdout.split()[0] == "None"     # the setting comes from the checkout's file, not a default
+
+
+def test_rtn_app_refuses_a_memory_limit_duckdb_cannot_read(monkeypatch, capsys, tmp_path):
+    from rtn import cli
+    monkeypatch.setattr(os, "execv", lambda path, argv: pytest.fail("the server must not start"))
+    monkeypatch.delenv("RTN_APP_MEMORY_LIMIT", raising=False)
+    assert cli.main(["app", "--warehouse", str(tmp_path / "w.duckdb"), "--memory-limit", "lots"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--memory-limit 'lots' is not a size DuckDB understands (e.g. 4GB, 500MB)" in err
 
 
 @pytest.mark.parametrize("state", ["missing", "empty"])
