@@ -109,7 +109,7 @@ def _blocks(N: int, k: int, V: int, fused: bool, budget: int) -> list[tuple[slic
     N_fused, k_fused = (N - N % T, k - k % K) if fused else (0, 0)
     blocks = [(slice(t0, t0 + T), slice(j0, j0 + K), True)
               for t0 in range(0, N_fused, T) for j0 in range(0, k_fused, K)]
-    for tokens, neurons in ((range(0, N_fused), range(k_fused, k)), (range(N_fused, N), range(0, k))):
+    for tokens, neurons in ((range(N_fused), range(k_fused, k)), (range(N_fused, N), range(k))):
         if not len(tokens) or not len(neurons):
             continue
         tok_chunk = _chunk(len(tokens), len(neurons) * V, budget)
@@ -259,7 +259,7 @@ def ablate_all(resid, acts, mean_acts, w_out, targets, readout: Readout) -> torc
     torch path, on whatever device they are.
     """
     if resid.is_cuda and resid.dtype == torch.float32:
-        from rtn.ingest import ablation_triton   # imports triton only when called
+        from rtn.ingest import ablation_triton  # imports triton only when called
         if ablation_triton.available():
             return ablation_triton.neuron_deltas_triton(resid, acts, mean_acts, w_out, targets, readout)
     return neuron_deltas(resid, acts, mean_acts, w_out, targets, readout)

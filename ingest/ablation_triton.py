@@ -134,7 +134,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(interpret: bool):
     """Returns the kernel: autotuned over CONFIGS on a GPU, plain (one small config) in the interpreter."""
     triton = _import_triton()

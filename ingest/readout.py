@@ -21,7 +21,7 @@ class Readout:
     W_U: torch.Tensor          # [V, d]
     b_U: torch.Tensor          # [V] (zeros when the unembedding has no bias)
 
-    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> "Readout":
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Readout:
         move = lambda t: t.to(device=device or t.device, dtype=dtype)
         return Readout(move(self.gamma), move(self.beta), self.eps, self.centred, move(self.W_U), move(self.b_U))
 
@@ -41,7 +41,7 @@ def readout_of(norm: nn.Module, unembed: nn.Module) -> Readout:
     gamma = norm.weight.detach()
     centred = isinstance(norm, nn.LayerNorm)
     beta = norm.bias.detach() if centred and norm.bias is not None else torch.zeros_like(gamma)
-    eps = float(getattr(norm, "eps", None) or getattr(norm, "variance_epsilon"))
+    eps = float(getattr(norm, "eps", None) or norm.variance_epsilon)
     W_U = unembed.weight.detach()
     b_U = unembed.bias.detach() if getattr(unembed, "bias", None) is not None else torch.zeros(W_U.shape[0], dtype=W_U.dtype)
     return Readout(gamma, beta, eps, centred, W_U, b_U.to(W_U.device))

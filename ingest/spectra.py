@@ -169,7 +169,7 @@ def spectra_table(matrices: list[tuple[str, int, np.ndarray]], min_tail: int = M
 
 def weight_spectra(model, adapter) -> pl.DataFrame:
     """Returns weight_spectra rows of every 2-D weight matrix of the model (tied matrices once)."""
-    from rtn.ingest import adapters   # torch: only where a model is at hand; the fits above are numpy
+    from rtn.ingest import adapters  # torch: only where a model is at hand; the fits above are numpy
     seen, matrices, roles = set(), [], []
     for name, param in model.named_parameters():   # named_parameters lists a tied weight once
         if param.ndim == 2 and id(param) not in seen:

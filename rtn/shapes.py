@@ -29,7 +29,7 @@ SHAPES = {
 def pythia_config(shape: Shape, max_positions: int, rotary_fraction: float = 0.25, initializer_range: float = 0.02,
                   bos_token_id: int = 0, eos_token_id: int = 0, pad_token_id: int | None = None):
     """Returns the GPTNeoXConfig of a Pythia-layout model (parallel residual, partial rotary, untied unembedding)."""
-    from transformers import GPTNeoXConfig   # transformers imports torch: only when a model is built
+    from transformers import GPTNeoXConfig  # transformers imports torch: only when a model is built
     return GPTNeoXConfig(
         vocab_size=shape.vocab,
         hidden_size=shape.d_model,

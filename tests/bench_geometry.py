@@ -16,12 +16,11 @@ import resource
 import time
 
 import numpy as np
-
+from test_geometry import build_warehouse
 
 from rtn.analyses import geometry, group_spectra, modularity
 from rtn.analyses.modularity import ModularityConfig
 from rtn.ingest.spectra import spectra_table
-from test_geometry import build_warehouse
 
 
 def main() -> None:

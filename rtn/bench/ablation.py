@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from rtn.errors import RtnError
 from rtn.ingest import ablation, adapters, native, sources
 from rtn.ingest.ablation import ablate_all
 from rtn.ingest.capture import capture, hooked
 from rtn.ingest.readout import readout_of
-from rtn.errors import RtnError
 from rtn.shapes import SHAPES, random_model
 
 # H100 SXM spec sheet: 132 SMs x 16 MUFU ex2 results per clock x 1.98 GHz boost.

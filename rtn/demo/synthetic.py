@@ -173,8 +173,7 @@ def generate_corpus(config: DemoConfig) -> SyntheticCorpus:
 def write_corpus(corpus: SyntheticCorpus, path: Path) -> Path:
     """Returns `path` after writing one {"text": document} per line (the layout `datasets` reads as json)."""
     with open(path, "w", encoding="utf-8") as f:
-        for document in corpus.documents:
-            f.write(json.dumps({"text": document}) + "\n")
+        f.writelines(json.dumps({"text": document}) + "\n" for document in corpus.documents)
     return path
 
 

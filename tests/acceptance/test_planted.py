@@ -12,15 +12,15 @@ import dataclasses
 import duckdb
 import pytest
 import torch
-from rtn.ingest import adapters
-from rtn.ingest.capture import hooked
-from rtn.ingest.config import IngestConfig
-from rtn.ingest.pipeline import ingest
 from transformers import AutoModelForCausalLM
 
 from rtn.demo import planted_config
 from rtn.demo.planted import ensure_planted
 from rtn.demo.synthetic import ensure_demo
+from rtn.ingest import adapters
+from rtn.ingest.capture import hooked
+from rtn.ingest.config import IngestConfig
+from rtn.ingest.pipeline import ingest
 
 CURVE = "select * from regime_summary where run_id = ? and token_class = ? and sign = ?"
 

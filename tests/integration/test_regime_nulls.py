@@ -5,10 +5,10 @@
 from __future__ import annotations
 
 import duckdb
-from rtn.ingest.config import IngestConfig
-from rtn.ingest.pipeline import ingest
 
 from rtn.bench.profile import save_random_family
+from rtn.ingest.config import IngestConfig
+from rtn.ingest.pipeline import ingest
 
 
 def test_no_curve_of_a_random_weights_family_has_a_plateau(tmp_path):

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import VOCAB, tiny_model
+
 from rtn.ingest import adapters
 from rtn.ingest.ablation import group_deltas, groups_deltas, neuron_deltas
-from rtn.ingest.readout import readout_of, token_losses
 from rtn.ingest.capture import capture, hooked
+from rtn.ingest.readout import readout_of, token_losses
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5}
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from rtn import analyses
-from rtn import sql
-from rtn import warehouse
+from rtn import analyses, sql, warehouse
 
 
 def analysed_warehouse(steps: list[int]) -> duckdb.DuckDBPyConnection:

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import VOCAB, tiny_model
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.gpt2 import modeling_gpt2
@@ -22,15 +23,14 @@ from transformers.models.gpt_neox import modeling_gpt_neox
 
 from rtn import sql
 from rtn.analyses import group_ablation
-from conftest import VOCAB, tiny_model
+from rtn.errors import RtnError
 from rtn.ingest import adapters
-from rtn.ingest.readout import readout_of
 from rtn.ingest.capture import capture, hooked
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
 from rtn.ingest.groups import TOP_BOOST, ablation_groups, group_ablation_rows, step_groups
 from rtn.ingest.heads import check_head_layers, head_ablations, head_columns
-from rtn.errors import RtnError
+from rtn.ingest.readout import readout_of
 
 TOL = 1e-5                 # float32 model, as in the acceptance criterion
 ORACLE = "rtn_head_oracle"

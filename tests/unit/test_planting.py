@@ -10,7 +10,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from rtn.ingest.readout import Readout
 
 from rtn.demo.config import DemoAssets, DemoConfig
 from rtn.demo.plant import quiet_directions, rare_deltas, trigger_detector
@@ -22,6 +21,7 @@ from rtn.demo.synthetic import (
     write_structure,
 )
 from rtn.errors import RtnError
+from rtn.ingest.readout import Readout
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import polars as pl
 import pytest
 import regime_oracle as oracle
 from planted_curves import noisy, null_curves, planted_log_curve
-from rtn.analyses import regimes
 
 from rtn import sql
+from rtn.analyses import regimes
 
 REPO = Path(__file__).resolve().parents[2]
 VIEWS = ["token_classes", "neuron_influence", "regime_curves", "regime_cuts", "regime_fits", "regime_readings",

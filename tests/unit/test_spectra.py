@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
+from test_geometry import build_warehouse
 
 from rtn.analyses import group_spectra
 from rtn.ingest import spectra
-from test_geometry import build_warehouse
 
 
 def _pareto(rng, n: int, density_exponent: float, xmin: float = 1.0) -> np.ndarray:
@@ -162,6 +162,7 @@ def test_spectra_table_has_one_row_per_matrix_with_the_contract_columns():
 ])
 def test_every_matrix_gets_its_role_from_the_family_adapter(family, expected):
     from conftest import tiny_model
+
     from rtn.ingest import adapters
     model = tiny_model(family)
     rows = spectra.weight_spectra(model, adapters.adapter_for(model))
