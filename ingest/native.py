@@ -31,6 +31,7 @@ import math
 import os
 import subprocess
 import tempfile
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -221,12 +222,33 @@ def _cache_dir() -> Path:
     return default_cache_dir() / "native"
 
 
+STALE_S = 30 * 86400    # a build unused for this long (another source or CPU) is removed when a new one is made
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Removes builds in `folder` other than `keep` that no run has used for STALE_S (a loaded one stays valid)."""
+    for old in folder.glob("rtn_exp2_*.so"):
+        try:
+            if old != keep and time.time() - old.stat().st_mtime > STALE_S:
+                old.unlink()
+        except OSError:
+            pass           # another process removed it, or the folder is read-only: harmless either way
+
+
 def _compile(arch: list[str]) -> Path:
-    """Returns the compiled library, building it into the cache (atomically: concurrent builders do not collide)."""
+    """Returns the compiled library, building it into the cache (atomically: concurrent builders do not collide).
+
+    A run that finds its build marks it used (mtime); a new build removes those unused for STALE_S,
+    so the builds of earlier sources do not pile up.
+    """
     key = hashlib.sha256((SOURCE + " ".join(arch)).encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "rtn-native"):
         target = folder / f"rtn_exp2_{key}.so"
         if target.exists():
+            try:
+                os.utime(target)
+            except OSError:
+                pass       # a read-only cache: it is used all the same
             return target
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -237,6 +259,7 @@ def _compile(arch: list[str]) -> Path:
                 subprocess.run(["gcc", "-O3", "-std=c11", *arch, "-shared", "-fPIC", str(source), "-o", str(built)],
                                check=True, capture_output=True, text=True, timeout=120)
                 os.replace(built, target)
+            _prune(folder, target)
             return target
         except PermissionError:
             continue           # a read-only cache: build in the temp folder instead

@@ -1,4 +1,7 @@
 """The C ablation loop (ingest/native.py) against float64 torch, and the paths that do without it."""
+import os
+import time
+
 import pytest
 import torch
 
@@ -113,6 +116,26 @@ def test_without_gcc_it_warns_once_and_torch_runs(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= native._cpu_flags(), reason="this CPU has no AVX2 with FMA")
+@needs_native
+def test_a_new_build_removes_builds_unused_for_a_month_and_keeps_the_rest(monkeypatch, tmp_path):
+    monkeypatch.setenv("RTN_CACHE", str(tmp_path))
+    folder = tmp_path / "native"
+    folder.mkdir()
+    stale, recent = folder / "rtn_exp2_0000000000000000.so", folder / "rtn_exp2_1111111111111111.so"
+    other = folder / "notes.txt"
+    for path in (stale, recent, other):
+        path.write_text("old")
+    month = time.time() - native.STALE_S - 60
+    os.utime(stale, (month, month))
+    os.utime(other, (month, month))
+    os.utime(recent, (time.time() - native.STALE_S / 2,) * 2)
+    built = native._compile(native._arch_flags())
+    assert built.parent == folder and built.exists()
+    assert not stale.exists() and recent.exists() and other.exists()   # only old builds go
+    os.utime(built, (month, month))
+    assert native._compile(native._arch_flags()) == built and time.time() - built.stat().st_mtime < 60   # marked used
+
+
 def test_the_avx2_build_gives_the_same_sums(monkeypatch):
     """The build for CPUs without AVX-512 (2^n through the exponent bits, clamped and checked) against float64 torch."""
     monkeypatch.setattr(native, "_arch_flags", lambda: ["-mavx2", "-mfma"])
