@@ -1,6 +1,6 @@
 """The rtn explorer: every run and checkpoint of the warehouse, in the browser, read-only.
 
-    rtn app [--warehouse PATH] [--port N] [--host 127.0.0.1] [--query-timeout S] [--max-rows N]
+    rtn app [--warehouse PATH] [--port N] [--host 127.0.0.1] [--query-timeout S] [--max-rows N] [--memory-limit 4GB]
     # or, from the checkout: RTN_WAREHOUSE=PATH streamlit run app.py   (.streamlit/config.toml: 127.0.0.1 only)
 
 Pages (sidebar, or the URL: ?page=Influence): Runs, Influence, Dynamics, Geometry & modularity,
