@@ -17,7 +17,7 @@ from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks, mean_and_stderr
 from rtn.ingest.groups import ablation_groups, group_ablation_rows
 from rtn.ingest.heads import head_ablations, recording
 from rtn.ingest.layer_ablation import CleanPass, clean_pass, layer_deltas
-from rtn.ingest.progress import StageTimer
+from rtn.ingest.progress import StageTimer, Ticker
 from rtn.ingest.readout import Readout, readout_of, token_losses
 from rtn.ingest.spectra import weight_spectra
 from rtn.ingest.token_effects import token_effects
@@ -118,7 +118,11 @@ def _layer_tables(model, adapter, data: EvalData, config: IngestConfig, clean: C
         included = p.keep.reshape(p.grid_targets.shape)
 
         def rerun_deltas(groups=None):                                            # [M, G], layers before the last
-            return layer_deltas(model, adapter, clean, layer, mean_acts, p.grid_targets, included, groups)
+            what = "ablation" if groups is None else "group ablation"
+            label = f"{timer.label}: {what} of layer {layer}" if timer.label else None
+            with Ticker((n_mlp if groups is None else len(groups)) * len(clean.final), label, "re-runs") as tick:
+                return layer_deltas(model, adapter, clean, layer, mean_acts, p.grid_targets, included, groups,
+                                    tick=tick)
 
         deltas = ablate_all(p.resid, acts, mean_acts, w_out, p.targets, p.readout) if last else rerun_deltas()
         rows = []

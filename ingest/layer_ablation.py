@@ -149,13 +149,14 @@ def _per_copy_elements(model, clean: CleanPass, layer: int, batch: int) -> int:
 @torch.no_grad()
 def layer_deltas(model, adapter: Adapter, clean: CleanPass, layer: int, mean_acts: torch.Tensor,
                  targets: torch.Tensor, included: torch.Tensor, groups: list[torch.Tensor] | None = None,
-                 budget: int = BUDGET) -> torch.Tensor:
+                 budget: int = BUDGET, tick=None) -> torch.Tensor:
     """Returns per-position ΔLoss [M, G] of mean-ablating each group of neurons of block `layer` together.
 
     groups: 1-D neuron index tensors (default: every neuron alone, G = n); mean_acts [n] the
     ablation means; targets [S, L] the token predicted at each position; included [S, L] the M
     positions whose loss counts, in row-major order (EXCLUDED ones are re-run, not scored). The
-    arithmetic is the model's dtype.
+    arithmetic is the model's dtype. tick(k), if given, hears of every k re-runs done (a group over
+    one recorded batch each): G x batches in all (ingest/progress.py: Ticker).
     """
     n = clean.acts[layer].shape[-1]
     groups = [torch.tensor([i]) for i in range(n)] if groups is None else groups
@@ -173,6 +174,8 @@ def layer_deltas(model, adapter: Adapter, clean: CleanPass, layer: int, mean_act
         wanted = targets[start:start + entry.shape[0]][keep]                     # [m]
         m = int(keep.sum())
         if not m:
+            if tick:
+                tick(len(groups))
             continue
         args = (model, adapter, clean, layer, batch)
         clean_losses = _shifted_losses(*args, torch.zeros_like(entry)[None], keep, wanted, budget)[0]   # [m] same arithmetic
@@ -181,5 +184,7 @@ def layer_deltas(model, adapter: Adapter, clean: CleanPass, layer: int, mean_act
             chunk = groups[g0:g0 + per_chunk]
             shifts = torch.stack([(mean_acts[g] - acts[..., g]) @ w_out[g] for g in chunk])   # [copies, B, L, d]
             out[row:row + m, g0:g0 + len(chunk)] = (_shifted_losses(*args, shifts, keep, wanted, budget) - clean_losses).T
+            if tick:
+                tick(len(chunk))
         row += m
     return out

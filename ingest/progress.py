@@ -1,8 +1,11 @@
-"""Where a checkpoint's ingest spends its time: StageTimer, recorded in checkpoints.stage_seconds.
+"""Where a checkpoint's ingest spends its time: StageTimer, recorded in checkpoints.stage_seconds; and
+Ticker, progress through one long stage.
 
 tqdm draws bars only on a terminal and stays silent in a batch job's log, so when the stream
-is not a terminal StageTimer prints one plain line per finished stage instead:
+is not a terminal StageTimer prints one plain line per finished stage instead, and a Ticker a
+line every minute of a long stage:
 
+    ingest demo step 1000: ablation of layer 3: 512/2,048 re-runs after 61 s, about 183 s left
     ingest demo step 1000: heads 931.7 s
 """
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Self, TextIO
 
 import torch
+from tqdm import tqdm
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -43,3 +47,44 @@ class StageTimer:
         stream = self.stream or sys.stderr
         if self.label is not None and not is_terminal(stream):
             print(f"{self.label}: {stage} {seconds:.1f} s", file=stream, flush=True)
+
+
+class Ticker:
+    """Progress through `total` units of one long stage: a tqdm bar on a terminal, a plain line every `every_s`
+    seconds in a log (none for a stage that ends sooner), nothing without a label.
+
+        with Ticker(4096, "ingest demo step 8: ablation of layer 3", "re-runs") as tick:
+            for chunk in chunks:
+                ...
+                tick(len(chunk))
+    """
+
+    def __init__(self, total: int, label: str | None, unit: str, stream: TextIO | None = None,
+                 every_s: float = 60.0, clock=time.monotonic):
+        self.total, self.label, self.unit, self.every_s, self.clock = total, label, unit, every_s, clock
+        self.stream = stream or sys.stderr
+        self.done, self.started = 0, clock()
+        self.next_line = self.started + every_s
+        terminal = label is not None and is_terminal(self.stream)
+        self.bar = tqdm(total=total, desc=label, unit=f" {unit}", file=self.stream, leave=False) if terminal else None
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = self.clock()
+        if self.label is None or now < self.next_line or self.done >= self.total:
+            return
+        elapsed = now - self.started
+        left = elapsed * (self.total - self.done) / self.done if self.done else float("nan")
+        print(f"{self.label}: {self.done:,}/{self.total:,} {self.unit} after {elapsed:.0f} s, about {left:.0f} s left",
+              file=self.stream, flush=True)
+        self.next_line = now + self.every_s
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

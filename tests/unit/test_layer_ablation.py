@@ -96,6 +96,18 @@ def test_sequences_without_included_positions_are_skipped_and_rows_stay_in_order
     assert got.shape == slow.shape and (got - slow).abs().max().item() <= 1e-9
 
 
+def test_progress_hears_of_every_group_over_every_batch_skipped_ones_too():
+    model, adapter, ids, included, targets = _setup("gpt_neox", torch.float64)
+    included[2:4] = False                                                      # the middle batch is skipped
+    clean = clean_pass(model, adapter, ids, [0], BATCH)
+    mean_acts = clean.acts[0].flatten(0, 1).mean(0)
+    ticks = []
+    layer_deltas(model, adapter, clean, 0, mean_acts, targets, included, budget=BUDGET, tick=ticks.append)
+    n = clean.acts[0].shape[-1]
+    assert sum(ticks) == n * len(clean.final) == n * 3 and len(ticks) > 3      # chunked: several ticks per batch
+    assert n in ticks                                                          # the skipped batch, at once
+
+
 def test_eager_attention_masks_are_tiled_with_the_batch(family):
     """Eager attention records a [B, 1, L, L] mask per batch: the batched re-run must repeat it per ablation."""
     model, adapter, ids, included, targets = _setup(family, torch.float64)

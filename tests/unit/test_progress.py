@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rtn.ingest.progress import StageTimer
+from rtn.ingest.progress import StageTimer, Ticker
 
 
 class Terminal(io.StringIO):
@@ -57,3 +57,42 @@ def test_the_default_stream_is_stderr_at_the_time_of_the_line(capsys):
     with StageTimer("ingest r step 0")("forward"):
         pass
     assert re.fullmatch(r"ingest r step 0: forward \d+\.\d s\n", capsys.readouterr().err)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_long_stage_prints_a_line_a_minute_with_what_is_left_to_a_log():
+    log, clock = io.StringIO(), Clock()
+    with Ticker(400, "ingest demo step 8: ablation of layer 3", "re-runs", stream=log, clock=clock) as tick:
+        clock.now += 30
+        tick(50)                         # 30 s in: no line yet
+        clock.now += 31
+        tick(50)                         # 61 s in, 100 of 400 done
+        clock.now += 10
+        tick(100)                        # 71 s: the next line waits for 121 s
+        clock.now += 60
+        tick(100)                        # 131 s, 300 of 400
+        clock.now += 60
+        tick(100)                        # done: the stage's own line says so
+    assert log.getvalue().splitlines() == [
+        "ingest demo step 8: ablation of layer 3: 100/400 re-runs after 61 s, about 183 s left",
+        "ingest demo step 8: ablation of layer 3: 300/400 re-runs after 131 s, about 44 s left"]
+
+
+def test_a_ticker_on_a_terminal_draws_a_bar_and_without_a_label_says_nothing():
+    terminal, log, clock = Terminal(), io.StringIO(), Clock()
+    with Ticker(10, "ingest demo step 8: ablation of layer 3", "re-runs", stream=terminal, clock=clock) as bar, \
+            Ticker(10, None, "re-runs", stream=log, clock=clock) as silent:
+        for _ in range(5):
+            clock.now += 100
+            bar(2)
+            silent(2)
+        assert bar.bar.n == 10 and silent.bar is None
+    assert "ablation of layer 3:   0%" in terminal.getvalue()         # tqdm's bar (it redraws at most 10 times a second)
+    assert log.getvalue() == "" and silent.done == 10
