@@ -82,7 +82,8 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
         plateau = groups.filter((pl.col("group_name") == "plateau") & (pl.col("layer") == primary))["neuron"].to_list()
         clean_by_class = dict(zip(eval_losses["token_class"], eval_losses["mean_loss"]))
         tables["head_ablations"] = head_ablations(model, adapter, data, config, clean_by_class, plateau,
-                                                  recorded=head_clean, ingest_pass=clean)
+                                                  recorded=head_clean, ingest_pass=clean,
+                                                  label=f"{timer.label}: heads" if timer.label else None)
     return tables
 
 

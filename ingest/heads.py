@@ -32,6 +32,7 @@ from rtn.ingest.capture import hooked
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks
 from rtn.ingest.layer_ablation import CleanPass
+from rtn.ingest.progress import Ticker
 from rtn.ingest.readout import cross_entropy
 
 METHODS = ("mean", "bos")
@@ -204,7 +205,7 @@ def _clean_from_pass(model, adapter: Adapter, ingest_pass: CleanPass, studied: i
 def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig,
                    clean_losses_by_class: dict[str, float] | None, plateau_neurons,
                    methods=METHODS, recorded: CleanRecording | None = None,
-                   ingest_pass: CleanPass | None = None) -> pl.DataFrame:
+                   ingest_pass: CleanPass | None = None, label: str | None = None) -> pl.DataFrame:
     """Returns head_ablations rows (without run_id/step) for every head and whole layer of the last K layers.
 
     clean_losses_by_class: {token_class: clean mean loss} (eval_losses), the denominator of
@@ -212,7 +213,7 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
     neurons of the studied layer whose mean |activation change| is reported (empty: NaN).
     recorded + ingest_pass: the CleanRecording and the ingest's CleanPass (of the studied layer, in batches of
     config.batch_size) of one clean pass over data.input_ids (ingest/extract.py); without them this function makes
-    its own clean pass.
+    its own clean pass. label names the re-runs' progress (ingest/progress.py: Ticker); None shows none.
     """
     n_layers = len(adapters.blocks(model, adapter))
     layers = head_layers(n_layers, config.head_layers)
@@ -237,25 +238,25 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
     if clean_losses_by_class is None:
         clean_losses_by_class = {name: float(clean.losses[mask].mean()) for name, mask in masks.items()}
 
+    reruns = [(layer, method, head) for layer in layers for method in methods for head in [*range(n_heads), WHOLE_LAYER]]
     rows = []
-    for layer in layers:
-        width = means[layer].shape[0]
-        for method in methods:
-            for head in [*range(n_heads), WHOLE_LAYER]:
-                hook = ablation_hook(head_columns(head, n_heads, width), method, means[layer])
-                ablated = _rerun(model, adapter, calls, layer, data.input_ids, data.classes != EXCLUDED,
-                                 config.batch_size, dtype, studied, plateau, clean,
-                                 (adapters.attn_out_module(model, adapter, layer), hook))
-                delta = ablated.losses - clean.losses                                 # [S*L]
-                act_change = (ablated.plateau_acts - clean.plateau_acts).abs()        # [S*L, p]
-                for name, mask in masks.items():
-                    delta_loss = float(delta[mask].mean()) if mask.any() else float("nan")
-                    rows.append({
-                        "layer": layer, "head": head, "method": method, "token_class": name,
-                        "delta_loss": delta_loss,
-                        "relative_change": delta_loss / clean_losses_by_class[name]
-                        if clean_losses_by_class.get(name) else float("nan"),
-                        "plateau_act_change": float(act_change[mask].mean())
-                        if len(plateau) and mask.any() else float("nan"),
-                    })
+    with Ticker(len(reruns), label, "re-runs") as tick:
+        for layer, method, head in reruns:
+            hook = ablation_hook(head_columns(head, n_heads, means[layer].shape[0]), method, means[layer])
+            ablated = _rerun(model, adapter, calls, layer, data.input_ids, data.classes != EXCLUDED,
+                             config.batch_size, dtype, studied, plateau, clean,
+                             (adapters.attn_out_module(model, adapter, layer), hook))
+            tick(1)
+            delta = ablated.losses - clean.losses                                 # [S*L]
+            act_change = (ablated.plateau_acts - clean.plateau_acts).abs()        # [S*L, p]
+            for name, mask in masks.items():
+                delta_loss = float(delta[mask].mean()) if mask.any() else float("nan")
+                rows.append({
+                    "layer": layer, "head": head, "method": method, "token_class": name,
+                    "delta_loss": delta_loss,
+                    "relative_change": delta_loss / clean_losses_by_class[name]
+                    if clean_losses_by_class.get(name) else float("nan"),
+                    "plateau_act_change": float(act_change[mask].mean())
+                    if len(plateau) and mask.any() else float("nan"),
+                })
     return pl.DataFrame(rows, schema=HEAD_ABLATIONS_SCHEMA)

@@ -29,7 +29,7 @@ from rtn.ingest.capture import capture, hooked
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import COMMON, EXCLUDED, RARE, EvalData
 from rtn.ingest.groups import TOP_BOOST, ablation_groups, group_ablation_rows, step_groups
-from rtn.ingest.heads import check_head_layers, head_ablations, head_columns
+from rtn.ingest.heads import METHODS, check_head_layers, head_ablations, head_columns
 from rtn.ingest.readout import readout_of
 
 TOL = 1e-5                 # float32 model, as in the acceptance criterion
@@ -184,6 +184,25 @@ def test_a_head_that_does_not_exist_is_a_one_line_error():
 def test_zero_head_layers_gives_no_rows():
     model = tiny_model("gpt_neox")
     assert head_ablations(model, adapters.adapter_for(model), _data(), _config(head_layers=0), None, []).height == 0
+
+
+def test_head_reruns_report_their_progress_under_the_label(monkeypatch):
+    from rtn.ingest import heads, progress
+    made = []
+
+    class Recording(progress.Ticker):
+        def __init__(self, total, label, unit, **kw):
+            super().__init__(total, label, unit, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(heads, "Ticker", Recording)
+    model = tiny_model("gpt_neox")
+    rows = head_ablations(model, adapters.adapter_for(model), _data(), _config(head_layers=2), None, [],
+                          label="ingest r step 0: heads")
+    (ticker,) = made
+    n_heads = model.config.num_attention_heads
+    assert ticker.label == "ingest r step 0: heads" and ticker.done == ticker.total == 2 * len(METHODS) * (n_heads + 1)
+    assert rows.height == ticker.total * 3                      # one re-run per (layer, method, head), three classes
 
 
 # --- groups -------------------------------------------------------------------------------------------
