@@ -52,8 +52,11 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     # the attribution screen rides on the clean pass: its backward passes, none of its own forward
     screen = Screen(forward_model, adapter, data.classes) if config.attribution else None
     forward_began = time.perf_counter()
-    with recording(model, adapter, config if heads_share else None) as head_clean:
-        clean = clean_pass(forward_model, adapter, data.input_ids, layers, config.batch_size, screen=screen)
+    n_batches = -(-data.input_ids.shape[0] // config.batch_size)
+    label = (f"{timer.label}: forward" + (" and attribution" if screen else "")) if timer.label else None
+    with recording(model, adapter, config if heads_share else None) as head_clean, \
+            Ticker(n_batches, label, "batches") as tick:
+        clean = clean_pass(forward_model, adapter, data.input_ids, layers, config.batch_size, screen=screen, tick=tick)
         keep = (data.classes != EXCLUDED).reshape(-1).to(device)                   # [S*L]
         grid_targets = torch.roll(data.input_ids, -1, dims=1).to(device)           # token at pos + 1
         resid = torch.cat(clean.final).reshape(-1, clean.final[0].shape[-1]).to(dtype)[keep]   # [M, d]

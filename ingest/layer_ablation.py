@@ -52,11 +52,12 @@ class CleanPass:
 
 @torch.no_grad()
 def clean_pass(model, adapter: Adapter, input_ids: torch.Tensor, layers, batch_size: int,
-               screen: Screen | None = None) -> CleanPass:
+               screen: Screen | None = None, tick=None) -> CleanPass:
     """Returns the CleanPass of `input_ids` [S, L] for the MLP `layers` (0-based), on the model's device.
 
     With an attribution `screen` (ingest/attribution.py) the pass runs with gradients and the screen
-    takes each batch's backward passes, so the screen needs no forward pass of its own.
+    takes each batch's backward passes, so the screen needs no forward pass of its own. tick(1), if
+    given, hears of each batch done.
     """
     n_layers = len(adapters.blocks(model, adapter))
     layers = sorted(set(layers))
@@ -84,6 +85,8 @@ def clean_pass(model, adapter: Adapter, input_ids: torch.Tensor, layers, batch_s
                 body(ids, use_cache=False)
             if screen is not None:
                 screen.batch(start, ids)
+            if tick:
+                tick(1)
     return CleanPass({layer: torch.cat(batches) for layer, batches in acts.items()}, final, calls, batch_size)
 
 

@@ -96,10 +96,12 @@ def test_sequences_without_included_positions_are_skipped_and_rows_stay_in_order
     assert got.shape == slow.shape and (got - slow).abs().max().item() <= 1e-9
 
 
-def test_progress_hears_of_every_group_over_every_batch_skipped_ones_too():
+def test_progress_hears_of_every_batch_and_every_group_over_every_batch_skipped_ones_too():
     model, adapter, ids, included, targets = _setup("gpt_neox", torch.float64)
     included[2:4] = False                                                      # the middle batch is skipped
-    clean = clean_pass(model, adapter, ids, [0], BATCH)
+    batches = []
+    clean = clean_pass(model, adapter, ids, [0], BATCH, tick=batches.append)
+    assert batches == [1, 1, 1]                                                # 5 sequences in batches of 2
     mean_acts = clean.acts[0].flatten(0, 1).mean(0)
     ticks = []
     layer_deltas(model, adapter, clean, 0, mean_acts, targets, included, budget=BUDGET, tick=ticks.append)
