@@ -17,7 +17,7 @@ from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks, mean_and_stderr
 from rtn.ingest.groups import ablation_groups, group_ablation_rows
 from rtn.ingest.heads import head_ablations, recording
 from rtn.ingest.layer_ablation import CleanPass, clean_pass, layer_deltas
-from rtn.ingest.progress import StageTimer, Ticker
+from rtn.ingest.progress import StageTimer
 from rtn.ingest.readout import Readout, readout_of, token_losses
 from rtn.ingest.spectra import weight_spectra
 from rtn.ingest.token_effects import token_effects
@@ -53,9 +53,8 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
     screen = Screen(forward_model, adapter, data.classes) if config.attribution else None
     forward_began = time.perf_counter()
     n_batches = -(-data.input_ids.shape[0] // config.batch_size)
-    label = (f"{timer.label}: forward" + (" and attribution" if screen else "")) if timer.label else None
     with recording(model, adapter, config if heads_share else None) as head_clean, \
-            Ticker(n_batches, label, "batches") as tick:
+            timer.ticker(n_batches, "forward and attribution" if screen else "forward", "batches") as tick:
         clean = clean_pass(forward_model, adapter, data.input_ids, layers, config.batch_size, screen=screen, tick=tick)
         keep = (data.classes != EXCLUDED).reshape(-1).to(device)                   # [S*L]
         grid_targets = torch.roll(data.input_ids, -1, dims=1).to(device)           # token at pos + 1
@@ -85,8 +84,7 @@ def extract_checkpoint(model, data: EvalData, config: IngestConfig, timer: Stage
         plateau = groups.filter((pl.col("group_name") == "plateau") & (pl.col("layer") == primary))["neuron"].to_list()
         clean_by_class = dict(zip(eval_losses["token_class"], eval_losses["mean_loss"]))
         tables["head_ablations"] = head_ablations(model, adapter, data, config, clean_by_class, plateau,
-                                                  recorded=head_clean, ingest_pass=clean,
-                                                  label=f"{timer.label}: heads" if timer.label else None)
+                                                  recorded=head_clean, ingest_pass=clean, progress=timer)
     return tables
 
 
@@ -123,8 +121,8 @@ def _layer_tables(model, adapter, data: EvalData, config: IngestConfig, clean: C
 
         def rerun_deltas(groups=None):                                            # [M, G], layers before the last
             what = "ablation" if groups is None else "group ablation"
-            label = f"{timer.label}: {what} of layer {layer}" if timer.label else None
-            with Ticker((n_mlp if groups is None else len(groups)) * len(clean.final), label, "re-runs") as tick:
+            with timer.ticker((n_mlp if groups is None else len(groups)) * len(clean.final), f"{what} of layer {layer}",
+                              "re-runs") as tick:
                 return layer_deltas(model, adapter, clean, layer, mean_acts, p.grid_targets, included, groups,
                                     tick=tick)
 

@@ -32,7 +32,7 @@ from rtn.ingest.capture import hooked
 from rtn.ingest.config import IngestConfig
 from rtn.ingest.corpus import EXCLUDED, EvalData, class_masks
 from rtn.ingest.layer_ablation import CleanPass
-from rtn.ingest.progress import Ticker
+from rtn.ingest.progress import StageTimer
 from rtn.ingest.readout import cross_entropy
 
 METHODS = ("mean", "bos")
@@ -205,7 +205,7 @@ def _clean_from_pass(model, adapter: Adapter, ingest_pass: CleanPass, studied: i
 def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig,
                    clean_losses_by_class: dict[str, float] | None, plateau_neurons,
                    methods=METHODS, recorded: CleanRecording | None = None,
-                   ingest_pass: CleanPass | None = None, label: str | None = None) -> pl.DataFrame:
+                   ingest_pass: CleanPass | None = None, progress: StageTimer | None = None) -> pl.DataFrame:
     """Returns head_ablations rows (without run_id/step) for every head and whole layer of the last K layers.
 
     clean_losses_by_class: {token_class: clean mean loss} (eval_losses), the denominator of
@@ -213,7 +213,7 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
     neurons of the studied layer whose mean |activation change| is reported (empty: NaN).
     recorded + ingest_pass: the CleanRecording and the ingest's CleanPass (of the studied layer, in batches of
     config.batch_size) of one clean pass over data.input_ids (ingest/extract.py); without them this function makes
-    its own clean pass. label names the re-runs' progress (ingest/progress.py: Ticker); None shows none.
+    its own clean pass. progress: the checkpoint's StageTimer, whose ticker shows the re-runs' progress (None: none).
     """
     n_layers = len(adapters.blocks(model, adapter))
     layers = head_layers(n_layers, config.head_layers)
@@ -240,7 +240,7 @@ def head_ablations(model, adapter: Adapter, data: EvalData, config: IngestConfig
 
     reruns = [(layer, method, head) for layer in layers for method in methods for head in [*range(n_heads), WHOLE_LAYER]]
     rows = []
-    with Ticker(len(reruns), label, "re-runs") as tick:
+    with (progress or StageTimer()).ticker(len(reruns), "heads", "re-runs") as tick:
         for layer, method, head in reruns:
             hook = ablation_hook(head_columns(head, n_heads, means[layer].shape[0]), method, means[layer])
             ablated = _rerun(model, adapter, calls, layer, data.input_ids, data.classes != EXCLUDED,

@@ -48,6 +48,12 @@ class StageTimer:
         if self.label is not None and not is_terminal(stream):
             print(f"{self.label}: {stage} {seconds:.1f} s", file=stream, flush=True)
 
+    def ticker(self, total: int, what: str, unit: str, **options) -> Ticker:
+        """Returns a Ticker (`options`: every_s, clock) for `total` units of `what` inside this checkpoint's stages,
+        on this timer's stream; silent without a label, like the timer."""
+        return Ticker(total, f"{self.label}: {what}" if self.label is not None else None, unit, stream=self.stream,
+                      **options)
+
 
 class Ticker:
     """Progress through `total` units of one long stage: a tqdm bar on a terminal, a plain line every `every_s`

@@ -187,7 +187,7 @@ def test_zero_head_layers_gives_no_rows():
 
 
 def test_head_reruns_report_their_progress_under_the_label(monkeypatch):
-    from rtn.ingest import heads, progress
+    from rtn.ingest import progress
     made = []
 
     class Recording(progress.Ticker):
@@ -195,10 +195,10 @@ def test_head_reruns_report_their_progress_under_the_label(monkeypatch):
             super().__init__(total, label, unit, **kw)
             made.append(self)
 
-    monkeypatch.setattr(heads, "Ticker", Recording)
+    monkeypatch.setattr(progress, "Ticker", Recording)
     model = tiny_model("gpt_neox")
     rows = head_ablations(model, adapters.adapter_for(model), _data(), _config(head_layers=2), None, [],
-                          label="ingest r step 0: heads")
+                          progress=progress.StageTimer("ingest r step 0"))
     (ticker,) = made
     n_heads = model.config.num_attention_heads
     assert ticker.label == "ingest r step 0: heads" and ticker.done == ticker.total == 2 * len(METHODS) * (n_heads + 1)

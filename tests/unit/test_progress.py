@@ -96,3 +96,12 @@ def test_a_ticker_on_a_terminal_draws_a_bar_and_without_a_label_says_nothing():
         assert bar.bar.n == 10 and silent.bar is None
     assert "ablation of layer 3:   0%" in terminal.getvalue()         # tqdm's bar (it redraws at most 10 times a second)
     assert log.getvalue() == "" and silent.done == 10
+
+
+def test_a_timers_ticker_carries_its_label_and_stream_and_none_without_a_label():
+    log, clock = io.StringIO(), Clock()
+    ticker = StageTimer("ingest demo step 8", stream=log).ticker(4, "heads", "re-runs", clock=clock)
+    clock.now += 61
+    ticker(1)
+    assert log.getvalue() == "ingest demo step 8: heads: 1/4 re-runs after 61 s, about 183 s left\n"
+    assert StageTimer(stream=log).ticker(4, "heads", "re-runs").label is None
